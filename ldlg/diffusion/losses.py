@@ -1,0 +1,184 @@
+"""The LD4LG training loss: denoising regression with self-conditioning and label dropout.
+
+`make_loss_fn` returns a pure `loss_fn(params, rng, batch) -> (loss, metrics)`. Every random choice
+that concerns one example (its timestep, its noise, its self-conditioning coin and its label-dropout
+coin) is drawn from that example's own key `fold_in(fold_in(rng, 0), example_index[i])`. A data-parallel
+step that hands each device the same `rng` and the examples' *global* indices therefore draws exactly
+what a single device would draw for the whole batch; since the loss is an equal-weight mean over
+examples, `lax.pmean` of the per-device losses (and gradients) equals the global ones.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from ldlg.diffusion import parameterization as param_lib
+from ldlg.diffusion.denoise_fn import DenoiseFn
+from ldlg.diffusion.schedules import Schedule, q_sample
+
+LOSS_TYPES = ("l2", "l1")
+LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def per_example_keys(rng: jax.Array, example_index: jax.Array, num: int) -> jax.Array:
+  """Per-example keys: split(fold_in(rng, example_index[i]), num).
+
+  Args:
+    rng: a PRNG key shared by every device of a step.
+    example_index: [B] int, the examples' global indices.
+    num: number of independent streams per example.
+
+  Returns:
+    [num, B] keys (stream first, so `keys[k]` is a [B] batch of keys).
+  """
+  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), num))(example_index)
+  return jnp.swapaxes(keys, 0, 1)
+
+
+def masked_mean_per_example(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of values [B, L, D] over valid positions and all channels, per example -> [B].
+
+  `jnp.where` (not multiplication) keeps non-finite values at padded positions out of the result and
+  out of the gradient. An example with no valid position gets 0.
+  """
+  valid = mask[..., None]
+  total = jnp.sum(jnp.where(valid, values, 0.0), axis=(1, 2))
+  count = jnp.maximum(jnp.sum(mask, axis=1), 1) * values.shape[-1]
+  return total / count
+
+
+def _check_batch(batch: Mapping[str, jax.Array]) -> None:
+  for key in ("latents", "mask"):
+    if key not in batch:
+      raise ValueError(f"the batch must hold {key!r}; got keys {sorted(batch)}")
+  latents, mask = batch["latents"], batch["mask"]
+  if latents.ndim != 3:
+    raise ValueError(f"batch['latents'] must be [B, L, D], got shape {latents.shape}")
+  if mask.shape != latents.shape[:2] or mask.dtype != jnp.bool_:
+    raise ValueError(f"batch['mask'] must be bool [B, L] = {latents.shape[:2]} (True = valid), got "
+                     f"{mask.dtype} {mask.shape}")
+
+
+def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = "x0",
+                 loss_type: str = "l2", self_condition_prob: float = 0.5, label_dropout: float = 0.1,
+                 num_classes: int = 0, train: bool = True) -> LossFn:
+  """Builds the diffusion training loss.
+
+  Args:
+    denoise_fn: the network as a `DenoiseFn`; its output is in `objective`'s parameterization.
+    schedule: the noise schedule (T steps; t is drawn uniformly from [0, T)).
+    objective: "x0" (regress x0, the paper's choice), "eps" or "v".
+    loss_type: "l2" (squared error, default) or "l1" (absolute error).
+    self_condition_prob: probability that an example is trained with a self-conditioning estimate.
+      0 skips the first (estimate) pass entirely.
+    label_dropout: probability that an example's label is replaced by the null class `num_classes`.
+    num_classes: C > 0 for a class-conditional model (the batch must then hold "label"); 0 for an
+      unconditional one (any "label" in the batch is ignored and class_id=None is passed).
+    train: passed to `denoise_fn` (dropout on/off); False for an evaluation loss.
+
+  Returns:
+    loss_fn(params, rng, batch) -> (loss, metrics), jit-able, where
+      params: the network parameters;
+      rng: a PRNG key (give every device of a data-parallel step the same key);
+      batch: {"latents": [B, L, D] float, "mask": [B, L] bool, "label": [B] int (conditional models),
+        "example_index": [B] int global indices (default arange(B))};
+      loss: scalar, per-element L2/L1 on the objective's target averaged over each example's valid
+        positions and channels, then averaged over examples with equal weight;
+      metrics: {"loss", "t_mean" (mean timestep), "self_cond_frac", "x0_mse" (squared error of the x0
+        estimate, comparable across objectives), "null_label_frac" (conditional models only)}, each a
+        batch mean, so `lax.pmean` of per-device metrics gives the global values.
+  """
+  param_lib.check_objective(objective)
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+  if not 0.0 <= self_condition_prob <= 1.0:
+    raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
+  if not 0.0 <= label_dropout <= 1.0:
+    raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
+  if num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+  num_timesteps = schedule.num_timesteps
+
+  def loss_fn(params: Any, rng: jax.Array, batch: Mapping[str, jax.Array]):
+    _check_batch(batch)
+    x0 = batch["latents"].astype(jnp.float32)
+    mask = batch["mask"]
+    batch_size = x0.shape[0]
+    example_index = batch.get("example_index")
+    if example_index is None:
+      example_index = jnp.arange(batch_size)
+    # Stream 0: per-example draws; stream 1: the network's dropout. Disjoint roots, so no example key
+    # can coincide with a dropout key.
+    k_t, k_noise, k_sc, k_label = per_example_keys(jax.random.fold_in(rng, 0), example_index, 4)
+    # Dropout cannot be per example (one key per network call); folding in the first global index gives
+    # each device of a pmapped step its own dropout masks.
+    k_drop1, k_drop2 = jax.random.split(
+        jax.random.fold_in(jax.random.fold_in(rng, 1), example_index[0]))
+
+    t = jax.vmap(lambda k: jax.random.randint(k, (), 0, num_timesteps))(k_t)
+    noise = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], jnp.float32))(k_noise)
+    z_t = q_sample(schedule, x0, t, noise)
+    alpha_bar = schedule.alphas_cumprod[t]
+
+    metrics = {}
+    class_id = None
+    if num_classes > 0:
+      if "label" not in batch:
+        raise ValueError(f"num_classes={num_classes} (class-conditional) but the batch has no 'label'; "
+                         "add labels to the batch or set num_classes=0 for an unconditional model")
+      drop = jax.vmap(lambda k: jax.random.bernoulli(k, label_dropout))(k_label)
+      class_id = jnp.where(drop, num_classes, batch["label"].astype(jnp.int32))
+      metrics["null_label_frac"] = jnp.mean(drop.astype(jnp.float32))
+
+    if self_condition_prob > 0:
+      use_sc = jax.vmap(lambda k: jax.random.bernoulli(k, self_condition_prob))(k_sc)
+      first = denoise_fn(params, z_t, t, mask, None, None, class_id, train, k_drop1)
+      # The estimate is an input, not a path for gradients (paper Sec. 4.2).
+      estimate = jax.lax.stop_gradient(param_lib.x0_from_output(objective, z_t, first, alpha_bar))
+      output = denoise_fn(params, z_t, t, mask, estimate, use_sc, class_id, train, k_drop2)
+    else:
+      use_sc = jnp.zeros((batch_size,), bool)
+      output = denoise_fn(params, z_t, t, mask, None, None, class_id, train, k_drop2)
+
+    target = param_lib.target_for_objective(objective, x0, noise, alpha_bar)
+    err = output.astype(jnp.float32) - target
+    per_elem = jnp.square(err) if loss_type == "l2" else jnp.abs(err)
+    loss = jnp.mean(masked_mean_per_example(per_elem, mask))
+
+    x0_hat = param_lib.x0_from_output(objective, z_t, output.astype(jnp.float32), alpha_bar)
+    metrics.update(
+        loss=loss,
+        t_mean=jnp.mean(t.astype(jnp.float32)),
+        self_cond_frac=jnp.mean(use_sc.astype(jnp.float32)),
+        x0_mse=jnp.mean(masked_mean_per_example(jnp.square(jax.lax.stop_gradient(x0_hat) - x0), mask)),
+    )
+    return loss, metrics
+
+  return loss_fn
+
+
+def loss_fn_from_config(denoise_fn: DenoiseFn, schedule: Schedule, diffusion_cfg: Any, *,
+                        num_classes: int = 0, train: bool = True) -> LossFn:
+  """The one place a run builds its loss: from `config.diffusion`.
+
+  Reads `objective` ("x0"), `loss_type` ("l2"), `self_condition_prob` (0.5) and `label_dropout` (0.1);
+  a missing field takes the default in brackets.
+
+  Args:
+    denoise_fn: the network as a `DenoiseFn`.
+    schedule: the run's schedule (`schedule_from_config`).
+    diffusion_cfg: a ConfigDict (or any object with those attributes).
+    num_classes: the model's number of classes (0 = unconditional).
+    train: dropout on (training loss) or off (evaluation loss).
+
+  Returns:
+    The loss function of `make_loss_fn`.
+  """
+  get = lambda field, default: getattr(diffusion_cfg, field, default)
+  return make_loss_fn(denoise_fn, schedule, objective=get("objective", "x0"),
+                      loss_type=get("loss_type", "l2"),
+                      self_condition_prob=float(get("self_condition_prob", 0.5)),
+                      label_dropout=float(get("label_dropout", 0.1)), num_classes=int(num_classes),
+                      train=train)

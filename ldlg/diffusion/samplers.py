@@ -1,0 +1,254 @@
+"""Reverse-process samplers (DDPM ancestral, DDIM with η), each compiled as one XLA program.
+
+Every sampler here is the same affine recursion over a decreasing list of timesteps τ_S > ... > τ_1:
+
+  x̂0_i  = x0 estimate of the network at (z, τ_i)       (with self-conditioning and guidance)
+  z     ← a_i x̂0_i + b_i z + σ_i ε_i,                  ε_i ~ N(0, I)
+
+with (a_i, b_i, σ_i) precomputed in float64 from the schedule:
+- DDIM (Song et al. 2021) with s = τ_{i-1} (ᾱ_s = 1 after the last step):
+    σ_i = η sqrt((1-ᾱ_s)/(1-ᾱ_t)) sqrt(1 - ᾱ_t/ᾱ_s),  k_i = sqrt(1-ᾱ_s-σ_i²) / sqrt(1-ᾱ_t),
+    a_i = sqrt(ᾱ_s) - k_i sqrt(ᾱ_t),  b_i = k_i          (ε̂ = (z - sqrt(ᾱ_t) x̂0)/sqrt(1-ᾱ_t) eliminated)
+- DDPM ancestral (all T steps): the posterior q(z_{t-1} | z_t, x̂0): a = c1_t, b = c2_t, σ² = β̃_t.
+DDIM with η = 1 over all T steps equals DDPM exactly. At the last step ᾱ_s = 1 gives a = 1, b = σ = 0,
+so the sample is the final x̂0, as in the paper.
+
+The loop is a `lax.scan` inside `jax.jit`: no host round-trip per step, one trace per input shape.
+
+Padding: the start noise, the per-step noise and every x̂0 are zeroed at padded positions (mask False),
+so padded positions of the returned latents (and trajectory) are exactly 0 and never feed the network
+anything but zeros.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldlg.diffusion import parameterization as param_lib
+from ldlg.diffusion.denoise_fn import DenoiseFn
+from ldlg.diffusion.schedules import Schedule
+
+SAMPLERS = ("ddim", "ddpm")
+SampleFn = Callable[..., Any]
+
+
+def mask_from_lengths(lengths: jax.Array, max_len: int) -> jax.Array:
+  """Padding mask from sequence lengths.
+
+  Args:
+    lengths: [B] int, each in [0, max_len].
+    max_len: L, the padded length.
+
+  Returns:
+    [B, L] bool, True at positions < length (valid).
+  """
+  if not isinstance(lengths, jax.core.Tracer):
+    concrete = np.asarray(lengths)
+    if concrete.ndim != 1:
+      raise ValueError(f"lengths must be a 1-D [B] array, got shape {concrete.shape}")
+    if concrete.size and (concrete.min() < 0 or concrete.max() > max_len):
+      raise ValueError(f"lengths must lie in [0, max_len={max_len}], got min {concrete.min()}, max "
+                       f"{concrete.max()}; raise max_len or clip the lengths")
+  return jnp.arange(max_len)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def sampling_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """num_steps timesteps evenly strided over [0, T-1], both ends included, in decreasing order.
+
+  Args:
+    num_timesteps: T of the schedule.
+    num_steps: S <= T (S = T gives every step).
+
+  Returns:
+    int64 [S] array, strictly decreasing, first T-1, last 0.
+  """
+  if not 1 <= num_steps <= num_timesteps:
+    raise ValueError(f"num_steps must be in [1, T={num_timesteps}], got {num_steps}")
+  if num_steps == 1:
+    return np.array([num_timesteps - 1])
+  steps = np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(np.int64)
+  # Rounding cannot merge neighbours when S <= T, since the spacing (T-1)/(S-1) is >= 1.
+  return steps[::-1].copy()
+
+
+def _alphas_cumprod_f64(schedule: Schedule) -> np.ndarray:
+  """ᾱ recomputed in float64 from the stored β, so 1 - ᾱ near t = 0 keeps its precision."""
+  return np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))
+
+
+def update_coefficients(schedule: Schedule, kind: str, num_steps: int,
+                        eta: float) -> dict[str, np.ndarray]:
+  """The per-step coefficients of z ← a x̂0 + b z + σ ε, in sampling order (float64 numpy).
+
+  Args:
+    schedule: the noise schedule (concrete, not traced).
+    kind: "ddim" or "ddpm" ("ddpm" requires num_steps == T).
+    num_steps: S.
+    eta: DDIM's η >= 0 (0 = deterministic); ignored by "ddpm".
+
+  Returns:
+    {"t": int [S], "alpha_bar": [S], "a": [S], "b": [S], "sigma": [S]}.
+  """
+  if kind not in SAMPLERS:
+    raise ValueError(f"unknown sampler kind {kind!r}; choose one of {SAMPLERS}")
+  T = schedule.num_timesteps
+  if kind == "ddpm" and num_steps != T:
+    raise ValueError(f"the DDPM ancestral sampler runs all T={T} steps, got num_steps={num_steps}; use "
+                     "kind='ddim' (eta=1 matches DDPM's variance) to skip steps")
+  if eta < 0:
+    raise ValueError(f"eta must be >= 0, got {eta}")
+  ts = sampling_timesteps(T, num_steps)
+  ab_all = _alphas_cumprod_f64(schedule)
+  ab_t = ab_all[ts]
+  ab_s = np.concatenate([ab_all[ts[1:]], [1.0]])
+  if kind == "ddpm":
+    betas = np.asarray(schedule.betas, dtype=np.float64)[ts]
+    a = betas * np.sqrt(ab_s) / (1.0 - ab_t)
+    b = (1.0 - ab_s) * np.sqrt(1.0 - betas) / (1.0 - ab_t)
+    sigma = np.sqrt(betas * (1.0 - ab_s) / (1.0 - ab_t))
+  else:
+    sigma = eta * np.sqrt((1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s))
+    k = np.sqrt(np.maximum(1.0 - ab_s - sigma**2, 0.0)) / np.sqrt(1.0 - ab_t)
+    a = np.sqrt(ab_s) - k * np.sqrt(ab_t)
+    b = k
+  return {"t": ts, "alpha_bar": ab_t, "a": a, "b": b, "sigma": sigma}
+
+
+def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim",
+                 num_steps: int = 250, eta: float = 1.0, guidance_scale: float = 1.0,
+                 objective: str = "x0", self_condition: bool = True,
+                 return_trajectory_at: Sequence[int] = (), clip_x0: Optional[float] = None,
+                 num_classes: int = 0) -> SampleFn:
+  """Builds a jitted sampler.
+
+  Args:
+    denoise_fn: the network as a `DenoiseFn` (output in `objective`'s parameterization).
+    schedule: the training schedule (concrete).
+    kind: "ddim" (strided steps, η) or "ddpm" (ancestral, all T steps).
+    num_steps: S, the number of network evaluations (DDPM: must be T).
+    eta: DDIM's η: 0 = deterministic, 1 = DDPM-like posterior variance.
+    guidance_scale: w of classifier-free guidance, out = w·f(cond) + (1-w)·f(null) (both in one batched
+      call). w = 1 is plain conditional sampling. Applied to the raw output, which is the same as
+      guiding x̂0 (the conversions are affine in the output with weights that sum to one). Both halves
+      see the same self-conditioning estimate: the previous step's guided x̂0.
+    objective: "x0", "eps" or "v": how to read the network output.
+    self_condition: feed each step the previous step's x̂0 (the first step gets none).
+    return_trajectory_at: step indices in [0, S) (0 = first, noisiest step) at which to record x̂0.
+    clip_x0: if set, clip x̂0 to [-clip_x0, clip_x0] (useful with "eps" at high noise); None = no clip.
+    num_classes: the model's C (null class id = C); needed only when guidance_scale != 1.
+
+  Returns:
+    sample(params, rng, mask, class_id=None, latent_dim=D) -> x0, or (x0, trajectory) when
+    return_trajectory_at is non-empty, jitted with `latent_dim` static, where
+      params: the network parameters;
+      rng: PRNG key (start noise from one sub-key, step i's noise from fold_in(other, i));
+      mask: [B, L] bool, True = valid (e.g. `mask_from_lengths`);
+      class_id: [B] int in [0, C] or None (unconditional: the denoiser's null class, no guidance);
+      latent_dim: D (static);
+      x0: [B, L, D] float32 samples, 0 at padded positions;
+      trajectory: [K, B, L, D] x̂0 at the requested steps, in the order given.
+  """
+  param_lib.check_objective(objective)
+  coefs = update_coefficients(schedule, kind, num_steps, eta)
+  traj_steps = np.asarray(tuple(return_trajectory_at), dtype=np.int64)
+  if traj_steps.size and (traj_steps.min() < 0 or traj_steps.max() >= num_steps):
+    raise ValueError(f"return_trajectory_at must hold step indices in [0, num_steps={num_steps}), got "
+                     f"{tuple(return_trajectory_at)}")
+  guided = guidance_scale != 1.0
+  if guided and num_classes <= 0:
+    raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model: pass "
+                     "num_classes (> 0) so the null class id is known, or set guidance_scale=1")
+  if clip_x0 is not None and clip_x0 <= 0:
+    raise ValueError(f"clip_x0 must be positive or None, got {clip_x0}")
+  f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
+  xs = {"step": jnp.arange(num_steps), "t": jnp.asarray(coefs["t"], jnp.int32),
+        "alpha_bar": f32(coefs["alpha_bar"]), "a": f32(coefs["a"]), "b": f32(coefs["b"]),
+        "sigma": f32(coefs["sigma"])}
+
+  def x0_estimate(params, z, t, mask, estimate, has_estimate, class_id, alpha_bar, rng):
+    """x̂0 [B, L, D] at one step, with guidance in one doubled batch when asked."""
+    batch = z.shape[0]
+    t_b = jnp.full((batch,), t, jnp.int32)
+    self_cond = estimate if self_condition else None
+    has_sc = jnp.full((batch,), has_estimate) if self_condition else None
+    if guided and class_id is not None:
+      two = lambda x: None if x is None else jnp.concatenate([x, x], axis=0)
+      ids = jnp.concatenate([class_id, jnp.full_like(class_id, num_classes)])
+      out = denoise_fn(params, two(z), two(t_b), two(mask), two(self_cond), two(has_sc), ids, False, rng)
+      out = guidance_scale * out[:batch] + (1.0 - guidance_scale) * out[batch:]
+    else:
+      out = denoise_fn(params, z, t_b, mask, self_cond, has_sc, class_id, False, rng)
+    x0 = param_lib.x0_from_output(objective, z, out.astype(jnp.float32),
+                                  jnp.full((batch,), alpha_bar))
+    if clip_x0 is not None:
+      x0 = jnp.clip(x0, -clip_x0, clip_x0)
+    return jnp.where(mask[..., None], x0, 0.0)
+
+  @functools.partial(jax.jit, static_argnames=("latent_dim",))
+  def sample(params, rng, mask, class_id=None, latent_dim=None):
+    if latent_dim is None:
+      raise ValueError("sample() needs latent_dim (the width D of the latents, e.g. config.model.latent_dim)")
+    if mask.ndim != 2 or mask.dtype != jnp.bool_:
+      raise ValueError(f"mask must be bool [B, L] (True = valid), got {mask.dtype} {mask.shape}; "
+                       "build it with mask_from_lengths")
+    if class_id is not None:
+      if class_id.shape != mask.shape[:1]:
+        raise ValueError(f"class_id must be [B] = {mask.shape[:1]}, got shape {class_id.shape}")
+      class_id = class_id.astype(jnp.int32)
+    shape = mask.shape + (latent_dim,)
+    valid = mask[..., None]
+    k_init, k_steps, k_net = jax.random.split(rng, 3)
+    z = jnp.where(valid, jax.random.normal(k_init, shape, jnp.float32), 0.0)
+    traj = jnp.zeros((len(traj_steps),) + shape, jnp.float32)
+
+    def step(carry, x):
+      z, estimate, traj = carry
+      x0 = x0_estimate(params, z, x["t"], mask, estimate, x["step"] > 0, class_id, x["alpha_bar"],
+                       jax.random.fold_in(k_net, x["step"]))
+      noise = jnp.where(valid, jax.random.normal(jax.random.fold_in(k_steps, x["step"]), shape), 0.0)
+      z = x["a"] * x0 + x["b"] * z + x["sigma"] * noise
+      if traj_steps.size:
+        hit = jnp.asarray(traj_steps) == x["step"]
+        traj = jnp.where(hit[:, None, None, None], x0[None], traj)
+      return (z, x0, traj), None
+
+    (z, _, traj), _ = jax.lax.scan(step, (z, jnp.zeros(shape, jnp.float32), traj), xs)
+    z = jnp.where(valid, z, 0.0)
+    return (z, traj) if traj_steps.size else z
+
+  return sample
+
+
+def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: Any,
+                        diffusion_cfg: Any, *, num_classes: int = 0,
+                        return_trajectory_at: Sequence[int] = ()) -> SampleFn:
+  """The one place a run builds its sampler: from `config.sample` and `config.diffusion`.
+
+  Reads sample_cfg.`sampler` ("ddim"/"ddpm"), `num_steps`, `eta`, `guidance_scale`, and `clip_x0` if
+  present (default None); diffusion_cfg.`objective` and `self_condition_prob` (self-conditioning is
+  on when it is > 0). "ddpm" always runs all T steps, whatever num_steps says.
+
+  Args:
+    denoise_fn: the network as a `DenoiseFn`.
+    schedule: the run's schedule (`schedule_from_config`).
+    sample_cfg: `config.sample`.
+    diffusion_cfg: `config.diffusion`.
+    num_classes: the model's number of classes (needed for guidance).
+    return_trajectory_at: as in `make_sampler`.
+
+  Returns:
+    The sampler of `make_sampler`.
+  """
+  kind = sample_cfg.sampler
+  num_steps = schedule.num_timesteps if kind == "ddpm" else int(sample_cfg.num_steps)
+  return make_sampler(
+      denoise_fn, schedule, kind=kind, num_steps=num_steps, eta=float(getattr(sample_cfg, "eta", 1.0)),
+      guidance_scale=float(getattr(sample_cfg, "guidance_scale", 1.0)),
+      objective=getattr(diffusion_cfg, "objective", "x0"),
+      self_condition=float(getattr(diffusion_cfg, "self_condition_prob", 0.5)) > 0,
+      return_trajectory_at=tuple(return_trajectory_at), clip_x0=getattr(sample_cfg, "clip_x0", None),
+      num_classes=int(num_classes))
