@@ -1,0 +1,27 @@
+r"""AG News descriptions, 4 topics, class-conditional (paper Table 5).
+
+Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 250 DDIM steps):
+  python -m ldlg.main --config=configs/ag_news.py --workdir=runs/ag_news --mode=pipeline --data_dir=../shared/data
+  Hardware: one A6000-class GPU or a TPU v3-8; about 1-2 days on one GPU.
+  Locally the AG News train split is a 10,001-row subset (9,001 train / 1,000 validation).
+Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corpus, then a small denoiser.
+  python -m ldlg.main --config=configs/ag_news.py:cpu --workdir=runs/ag_news_cpu --mode=pipeline --data_dir=../shared/data
+  Hardware: 2 CPU cores. Time and results: see the README's results section.
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  config = default.get_config()
+  config.data.name = "ag_news"
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.max_length = 64
+  config.model.max_len = 64
+  config.model.num_classes = 4
+  if arg == "cpu":
+    default.make_cpu_sized(config)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} for configs/ag_news.py; use no variant (paper) or ':cpu'")
+  return config

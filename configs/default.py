@@ -1,0 +1,153 @@
+r"""Paper defaults for LD4LG (Lovelace et al., NeurIPS 2023, first version) on `facebook/bart-base`.
+
+Not run on its own: the per-dataset files (`e2e.py`, `rocstories.py`, `sst.py`, `ag_news.py`) start from this and
+set the data section. Every field is documented where it is used:
+
+  data         which dataset, splits, and how latents are stored     (ldlg/data)
+  autoencoder  frozen BART: hub name or local dir, or pretrain our own (ldlg/autoencoder)
+  model        Denoiser(**config.model)                                 (ldlg/models/denoiser.py)
+  diffusion    schedule, objective, loss, self-conditioning, labels     (ldlg/diffusion)
+  optim        AdamW + warmup/cosine + clipping                         (ldlg/train.py)
+  train        steps, batch, EMA, logging, checkpoints                  (ldlg/train.py)
+  sample       sampler, steps, guidance, decoding                       (ldlg/sample.py)
+"""
+
+import ml_collections
+
+
+def d(**kwargs) -> ml_collections.ConfigDict:
+  """A nested config that reads like a literal (as in google-research/vdm)."""
+  return ml_collections.ConfigDict(kwargs)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = d(
+      name="e2e",              # One of ldlg.data.DATASETS.
+      train_split="train",
+      eval_split="validation",  # Reference text for evaluation; never the withheld test split.
+      max_length=64,           # Tokens, BOS/EOS included; longer text is truncated and counted.
+      latent_dtype="float16",  # Storage dtype of precomputed latents: float16 or bfloat16.
+      shard_size=8192,         # Sentences per latent shard on disk.
+      encode_batch_size=128,   # Sentences per encoder call during precompute.
+      max_examples=0,          # Cap on examples per split (0 = all); for quick runs.
+      length_bucketed=False,   # Batch by similar lengths (faster on CPU; the paper pads to max_length).
+  )
+
+  config.autoencoder = d(
+      name="facebook/bart-base",  # Hub name or local directory; ignored when pretrain=True.
+      pretrain=False,             # True: train our own tokenizer + small BART on the corpus (offline path).
+      dtype="float32",
+      # Decoding (DESIGN.md §2): 4 beams, repetition penalty 1.2, no repeated trigrams, max 64 tokens.
+      num_beams=4,
+      repetition_penalty=1.2,
+      no_repeat_ngram_size=3,
+      length_penalty=1.0,
+      max_decode_length=64,
+      # Used only when pretrain=True (ldlg/autoencoder/pretrain.py).
+      tokenizer_vocab_size=8192,
+      d_model=256,
+      encoder_layers=3,
+      decoder_layers=3,
+      attention_heads=4,
+      ffn_dim=1024,
+      dropout=0.1,
+      mask_ratio=0.3,           # Share of tokens corrupted (BART text infilling).
+      poisson_lambda=3.0,       # Span lengths of the infilling corruption.
+      clean_fraction=0.25,      # Share of examples left uncorrupted (latents must reconstruct).
+      batch_size=64,
+      num_steps=20000,
+      lr=5e-4,
+      warmup_steps=500,
+      weight_decay=0.01,
+      ckpt_every=1000,
+      eval_sentences=500,
+  )
+
+  # Denoiser(**config.model): 12 x 768 pre-LN transformer, 12 heads, GeGLU, T5 relative bias.
+  config.model = d(
+      latent_dim=768,  # Must equal the autoencoder's d_model; checked against the latent manifest.
+      dim=768,
+      num_layers=12,
+      num_heads=12,
+      ff_mult=4,
+      max_len=64,
+      num_classes=0,
+      rel_pos_buckets=32,
+      rel_pos_max_distance=128,
+      dropout=0.0,
+      dtype="float32",
+  )
+
+  config.diffusion = d(
+      schedule="linear",  # linear (DDPM, the paper), cosine, sqrt (DiffuSeq).
+      num_timesteps=1000,
+      beta_start=1e-4,
+      beta_end=0.02,
+      objective="x0",       # The network predicts x0 (eps-prediction was unstable for the authors).
+      loss_type="l2",       # l2 as the paper describes; l1 as the reference scripts used.
+      self_condition_prob=0.5,
+      label_dropout=0.1,    # Class-conditional only: share of labels replaced by the null class.
+  )
+  # The denoiser scales t by T for its time embedding: one source of truth.
+  config.model.num_timesteps = config.diffusion.get_ref("num_timesteps")
+
+  config.optim = d(
+      lr=1e-4,
+      warmup_steps=1000,
+      schedule="cosine",  # cosine decay to 0 after warmup, or constant.
+      weight_decay=0.01,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      grad_clip=1.0,
+  )
+
+  config.train = d(
+      num_steps=100_000,
+      batch_size=64,        # Global batch; split over all devices of all hosts.
+      ema_decay=0.9999,
+      ema_warmup=True,      # decay_t = min(decay, (1 + t) / (10 + t)).
+      log_every=100,
+      ckpt_every=5000,
+      keep_checkpoints=3,
+      sample_every=10_000,  # Decode a few samples into the logs (0 = never).
+      num_log_samples=4,
+  )
+
+  config.sample = d(
+      sampler="ddim",        # ddim (strided steps, eta) or ddpm (all T steps).
+      num_steps=250,
+      eta=1.0,
+      guidance_scale=1.0,    # Classifier-free guidance weight w (1 = none).
+      num_samples=1000,
+      batch_size=125,
+      seed=0,
+      class_id=-1,           # -1: balanced over classes (class-conditional); else that class.
+      max_redraws=5,         # Empty decodes are re-drawn up to this many rounds (as the paper does).
+      checkpoint_step=-1,    # -1 = latest.
+  )
+  return config
+
+
+def make_cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Turns a paper config into the offline CPU variant: our own small BART and a small denoiser.
+
+  Sized for 2 CPU cores: the autoencoder pretraining and the denoiser training each take tens of minutes.
+  """
+  config.autoencoder.pretrain = True
+  config.autoencoder.name = ""
+  config.data.max_length = 48
+  config.data.length_bucketed = True
+  # Linked, not copied: `--config.autoencoder.d_model=...` then changes the denoiser's input width too.
+  config.model.latent_dim = config.autoencoder.get_ref("d_model")
+  config.model.max_len = config.data.get_ref("max_length")
+  config.model.update(dim=256, num_layers=4, num_heads=4)
+  config.optim.update(lr=3e-4, warmup_steps=200)
+  config.train.update(num_steps=3000, batch_size=64, ema_decay=0.999, log_every=50, ckpt_every=500,
+                      sample_every=1000)
+  config.sample.update(num_steps=100, num_samples=200, batch_size=100)
+  return config

@@ -1,0 +1,26 @@
+r"""E2E restaurant descriptions, unconditional (paper Table 1).
+
+Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 250 DDIM steps):
+  python -m ldlg.main --config=configs/e2e.py --workdir=runs/e2e --mode=pipeline --data_dir=../shared/data
+  Hardware: one A6000-class GPU or a TPU v3-8; about 1-2 days on one GPU.
+  Should reach (paper, MAUVE with gpt2-large features): MAUVE ~0.7+, perplexity ~3-4 under GPT-2 large.
+
+Offline CPU setting (`:cpu`): the project's own tokenizer + small BART autoencoder trained on E2E, then a small
+denoiser. This is the README's main job.
+  python -m ldlg.main --config=configs/e2e.py:cpu --workdir=runs/e2e_cpu --mode=pipeline --data_dir=../shared/data
+  Hardware: 2 CPU cores. Time and results: see the README's results section (measured there, not guessed here).
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  config = default.get_config()
+  config.data.name = "e2e"
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  if arg == "cpu":
+    default.make_cpu_sized(config)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} for configs/e2e.py; use no variant (paper) or ':cpu'")
+  return config

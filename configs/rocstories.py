@@ -1,0 +1,28 @@
+r"""ROCStories five-sentence stories, unconditional (paper Table 1).
+
+Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 250 DDIM steps):
+  python -m ldlg.main --config=configs/rocstories.py --workdir=runs/rocstories --mode=pipeline --data_dir=../shared/data
+  Hardware: one A6000-class GPU or a TPU v3-8; about 1-2 days on one GPU.
+  ROCStories has no train split locally (see shared/data/rocstories/SOURCE.md): locally this trains on the
+  1,000-story validation pool and evaluates on the 4,000-story test pool. With the full corpus set train_split=train.
+Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corpus, then a small denoiser.
+  python -m ldlg.main --config=configs/rocstories.py:cpu --workdir=runs/rocstories_cpu --mode=pipeline --data_dir=../shared/data
+  Hardware: 2 CPU cores. Time and results: see the README's results section.
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  config = default.get_config()
+  config.data.name = "rocstories"
+  config.data.train_split = "validation"
+  config.data.eval_split = "test"
+  config.data.max_length = 128
+  config.model.max_len = 128
+  config.model.num_classes = 0
+  if arg == "cpu":
+    default.make_cpu_sized(config)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} for configs/rocstories.py; use no variant (paper) or ':cpu'")
+  return config

@@ -1,0 +1,27 @@
+r"""Sentence-level SST, binary sentiment, class-conditional (paper Table 5).
+
+Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 250 DDIM steps):
+  python -m ldlg.main --config=configs/sst.py --workdir=runs/sst --mode=pipeline --data_dir=../shared/data
+  Hardware: one A6000-class GPU or a TPU v3-8; about 1-2 days on one GPU.
+
+Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corpus, then a small denoiser.
+  python -m ldlg.main --config=configs/sst.py:cpu --workdir=runs/sst_cpu --mode=pipeline --data_dir=../shared/data
+  Hardware: 2 CPU cores. Time and results: see the README's results section.
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  config = default.get_config()
+  config.data.name = "sst"
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.max_length = 64
+  config.model.max_len = 64
+  config.model.num_classes = 2
+  if arg == "cpu":
+    default.make_cpu_sized(config)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} for configs/sst.py; use no variant (paper) or ':cpu'")
+  return config

@@ -1,0 +1,42 @@
+r"""Entry point for every job. The logic lives in libraries that tests and the Colab import; this file is flags.
+
+  python -m ldlg.main --config=configs/e2e.py:cpu --workdir=runs/e2e_cpu --mode=pipeline --data_dir=../shared/data
+
+Modes: pretrain_autoencoder, precompute, train, sample, pipeline (every stage not yet done, in order).
+`--config.x.y=value` overrides config fields. The raw-data folder (holding `<dataset>/...`) comes from
+`--data_dir` or $LDLG_DATA_DIR; with neither, the dataset builders download what is publicly downloadable.
+Multi-host (TPU pod slices): pass --jax_distributed or set LDLG_DISTRIBUTED=1.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from ldlg import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/e2e.py:cpu.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Working directory for every stage's outputs.")
+_MODE = flags.DEFINE_enum("mode", "pipeline", pipeline.MODES, "Which stage to run.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw data folder holding <dataset>/...; else $LDLG_DATA_DIR.")
+_DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
+                                 "Call jax.distributed.initialize() (multi-host); also LDLG_DISTRIBUTED=1.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value or os.environ.get("LDLG_DISTRIBUTED") == "1":
+    import jax
+    jax.distributed.initialize()
+  data_dir = _DATA_DIR.value or os.environ.get("LDLG_DATA_DIR") or None
+  logging.info("Config:\n%s", _CONFIG.value)
+  pipeline.run(_MODE.value, _CONFIG.value, _WORKDIR.value, data_dir=data_dir)
+
+
+if __name__ == "__main__":
+  app.run(main)

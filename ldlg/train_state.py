@@ -1,0 +1,76 @@
+"""The training state (params, EMA params, optimizer state) and the optimizer built from config."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a training step reads and writes; a pytree, so it can be pmapped, donated and checkpointed.
+
+  The optimizer transformation is static (not a pytree leaf): it is rebuilt from the config on resume, and only
+  its state is saved.
+  """
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), tx=tx)
+
+  def apply_gradients(self, grads, *, ema_decay: float, ema_warmup: bool) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    params = optax.apply_updates(self.params, updates)
+    decay = ema_decay_at(self.step, ema_decay, ema_warmup)
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, self.ema_params, params)
+    return self.replace(step=self.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+
+  def to_dict(self) -> dict:
+    """The saved form of the state (no optimizer transformation)."""
+    return {"step": self.step, "params": self.params, "ema_params": self.ema_params,
+            "opt_state": self.opt_state}
+
+  def from_dict(self, saved: dict) -> "TrainState":
+    return self.replace(step=saved["step"], params=saved["params"], ema_params=saved["ema_params"],
+                        opt_state=saved["opt_state"])
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+  """EMA decay at a step. With warmup, min(decay, (1 + t) / (10 + t)) so early averages are not stuck at init."""
+  if not warmup:
+    return jnp.asarray(decay, jnp.float32)
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warmup to `optim.lr`, then cosine decay to zero at `num_steps` (or constant)."""
+  warmup = max(int(optim.warmup_steps), 0)
+  if optim.schedule == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, optim.lr, max(warmup, 1)), optax.constant_schedule(optim.lr)], [warmup])
+  if optim.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=optim.lr, warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1),
+        end_value=0.0)
+  raise ValueError(f"config.optim.schedule={optim.schedule!r} is not known; use 'cosine' or 'constant'")
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping and the warmup + cosine learning rate."""
+  if optim.lr <= 0:
+    raise ValueError(f"config.optim.lr must be positive, got {optim.lr}")
+  parts = []
+  if optim.grad_clip and optim.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(optim.grad_clip))
+  parts.append(optax.adamw(learning_rate_schedule(optim, num_steps), b1=optim.b1, b2=optim.b2,
+                           eps=optim.eps, weight_decay=optim.weight_decay))
+  return optax.chain(*parts)

@@ -1,0 +1,106 @@
+"""The layout of a job's working directory, and the config saved in it.
+
+    <workdir>/config.json          the locked config of the first run; later runs must agree with it
+    <workdir>/autoencoder/         our own tokenizer + BART, Hugging Face format (offline configs only)
+    <workdir>/tfds/                prepared TFDS datasets
+    <workdir>/latents/<split>/     latent shards, manifest.json, normalization stats, length histogram
+    <workdir>/checkpoints/         Orbax checkpoints of the denoiser's train state
+    <workdir>/metrics.jsonl        training metrics, one JSON object per log step (also TensorBoard: tb/)
+    <workdir>/samples.jsonl        sampled text, one JSON object per line
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import ml_collections
+
+# Fields that may change between runs in one workdir: they steer how long to run or how to sample, not what
+# the model, data or latents are. Everything else must match the saved config.
+MUTABLE_FIELDS = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+                  "train.sample_every", "train.num_log_samples", "sample.", "autoencoder.num_beams",
+                  "autoencoder.repetition_penalty", "autoencoder.no_repeat_ngram_size",
+                  "autoencoder.length_penalty", "autoencoder.max_decode_length")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+  root: pathlib.Path
+
+  @property
+  def config_file(self) -> pathlib.Path:
+    return self.root / "config.json"
+
+  @property
+  def autoencoder_dir(self) -> pathlib.Path:
+    return self.root / "autoencoder"
+
+  @property
+  def tfds_dir(self) -> pathlib.Path:
+    return self.root / "tfds"
+
+  def latents_dir(self, split: str) -> pathlib.Path:
+    return self.root / "latents" / split
+
+  @property
+  def checkpoint_dir(self) -> pathlib.Path:
+    return self.root / "checkpoints"
+
+  @property
+  def metrics_file(self) -> pathlib.Path:
+    return self.root / "metrics.jsonl"
+
+  @property
+  def tensorboard_dir(self) -> pathlib.Path:
+    return self.root / "tb"
+
+  @property
+  def samples_file(self) -> pathlib.Path:
+    return self.root / "samples.jsonl"
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
+  """{'a.b': value} for every leaf of a nested config."""
+  items = config.items() if isinstance(config, dict) else config.to_dict().items()
+  out = {}
+  for key, value in items:
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(value if isinstance(value, dict) else value.to_dict(), f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """Fields (dotted names) whose values differ and that may not change within a workdir."""
+  saved_flat, current_flat = flatten(saved), flatten(current)
+  differing = []
+  for key in sorted(set(saved_flat) | set(current_flat)):
+    if any(key == m or (m.endswith(".") and key.startswith(m)) for m in MUTABLE_FIELDS):
+      continue
+    if saved_flat.get(key, "<absent>") != current_flat.get(key, "<absent>"):
+      differing.append(f"{key}: saved {saved_flat.get(key, '<absent>')!r}, now {current_flat.get(key, '<absent>')!r}")
+  return differing
+
+
+def save_or_check_config(config: ml_collections.ConfigDict, workdir: Workdir, *, write: bool = True) -> None:
+  """Saves the config on a workdir's first run; on later runs, fails on any difference that matters.
+
+  Raises:
+    ValueError: naming every differing field, when the workdir was made with another config.
+  """
+  current = json.loads(config.to_json())
+  if workdir.config_file.exists():
+    saved = json.loads(workdir.config_file.read_text())
+    differing = config_differences(saved, current)
+    if differing:
+      raise ValueError(
+          f"the config differs from the one saved in {workdir.config_file} in fields that fix the model, data "
+          "or latents:\n  " + "\n  ".join(differing) +
+          "\nUse a new --workdir, or pass the saved values (e.g. --config.<field>=<saved value>).")
+    return
+  if write:
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    tmp = workdir.config_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.rename(workdir.config_file)
