@@ -1,0 +1,140 @@
+"""Library entry of the evaluation job: every unconditional / class-conditional metric of a set of samples.
+
+`evaluate_texts` returns the dict written to `metrics.json` (see its docstring for the keys);
+`save_metrics` writes it as strict JSON (NaN -> null). The paper's protocol: 1000 samples per draw,
+MAUVE mean ± std over 5 draws against human reference text, perplexity under gpt2-large, diversity,
+memorization against the training set, unique tokens and, for class-conditional models, the accuracy of a
+classifier trained on real data. Offline the MAUVE/classifier features are MiniLM's and the perplexity judge
+is whatever `CausalLM` is passed (the project's AR baseline); every result names its model.
+
+MiniLM features barely see word order (DESIGN.md §6: word-shuffled human text still scores MAUVE 0.6-0.9),
+so always print control rows beside a model's row: `evaluate_texts` on held-out human text and on
+`shuffle_words(human text)`, with the same reference and featurizer.
+
+  from ldlg import evaluate
+  from ldlg.evaluation import featurizers
+  feats = featurizers.get_featurizer("auto")   # gpt2-large if available, else all-MiniLM-L6-v2
+  metrics = evaluate.evaluate_texts(samples, reference, train_texts, featurizer=feats)
+  evaluate.save_metrics(metrics, workdir / "metrics.json")
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ldlg.evaluation import classifier as classifier_lib
+from ldlg.evaluation import featurizers as featurizers_lib
+from ldlg.evaluation import mauve_score
+from ldlg.evaluation import ngram_metrics
+from ldlg.evaluation import perplexity as perplexity_lib
+
+
+def evaluate_texts(samples: Sequence[str], reference: Sequence[str],
+                   train_texts: Iterable[str] | frozenset[tuple[str, ...]], *,
+                   featurizer: featurizers_lib.Featurizer,
+                   ppl_model: perplexity_lib.CausalLM | None = None,
+                   sample_labels: Sequence[int] | None = None,
+                   train_labels: Sequence[int] | None = None,
+                   classifier: classifier_lib.TextClassifier | None = None,
+                   classifier_featurizer: featurizers_lib.Featurizer | None = None,
+                   num_draws: int = 5, draw_size: int = 1000, seed: int = 0,
+                   ppl_batch_size: int = 16, ppl_max_length: int | None = 256) -> dict[str, Any]:
+  """Computes the paper's metrics of generated texts.
+
+  Args:
+    samples: generated texts (e.g. 5 x 1000).
+    reference: human texts for MAUVE (e.g. the test split).
+    train_texts: the training texts (for memorization; and for the classifier when `train_labels` is
+      given), or `ngram_metrics.training_ngrams(train_texts)` to reuse a prebuilt 4-gram set.
+    featurizer: MAUVE features (and the classifier's, when it is trained here).
+    ppl_model: perplexity judge; None skips perplexity.
+    sample_labels: intended class of each sample (class-conditional); enables class accuracy.
+    train_labels: labels of `train_texts`, to train the classifier when `classifier` is None.
+    classifier: a trained `TextClassifier` to reuse.
+    classifier_featurizer: features of the classifier trained here; default `featurizer`. When MAUVE uses
+      gpt2-large, pass a `MiniLMFeaturizer` here: mean-pooled sentence embeddings suit a linear probe
+      better than GPT-2's last-token state.
+    num_draws, draw_size, seed: MAUVE draws (`mauve_score.mauve_over_draws`).
+    ppl_batch_size, ppl_max_length: perplexity batching and truncation (tokens, BOS included).
+
+  Returns:
+    {"num_samples", "num_empty_samples", "mean_length_tokens",
+     "mauve": {"mean", "std", "values", "num_draws", "draw_size", "featurizer"},
+     "diversity", "rep_2", "rep_3", "rep_4", "memorization", "unique_tokens", "unique_words", "dist_1",
+     "perplexity": {"mean", "median", "model", "num_texts", "num_skipped_empty"} or None,
+     "class_accuracy": {"accuracy", "num_texts", "featurizer"} (only with sample_labels)}.
+  """
+  if isinstance(samples, str) or not samples:
+    raise ValueError("samples must be a non-empty list of texts")
+  if isinstance(reference, str) or not reference:
+    raise ValueError("reference must be a non-empty list of human texts (for MAUVE)")
+  samples = list(samples)
+  is_gram_set = isinstance(train_texts, frozenset)
+  train_list = None if is_gram_set else list(train_texts)
+  lengths = [len(ngram_metrics.word_tokenize(t)) for t in samples]
+  metrics: dict[str, Any] = {
+      "num_samples": len(samples),
+      "num_empty_samples": sum(n == 0 for n in lengths),
+      "mean_length_tokens": float(np.mean(lengths)),
+      "mauve": mauve_score.mauve_over_draws(samples, list(reference), featurizer=featurizer,
+                                            num_draws=num_draws, draw_size=draw_size, seed=seed),
+  }
+  metrics.update(ngram_metrics.diversity(samples))
+  metrics["memorization"] = ngram_metrics.memorization(samples, train_texts if is_gram_set else train_list)
+  metrics["unique_tokens"] = ngram_metrics.unique_tokens(samples)
+  metrics["unique_words"] = ngram_metrics.unique_words(samples)
+  metrics["dist_1"] = ngram_metrics.distinct_n(samples, 1)
+
+  metrics["perplexity"] = None
+  if ppl_model is not None:
+    scored = [t for t in samples if ppl_model.encode(t)]
+    ppl = (perplexity_lib.perplexities(scored, ppl_model, batch_size=ppl_batch_size, max_length=ppl_max_length)
+           if scored else np.array([math.nan]))
+    metrics["perplexity"] = {"mean": float(np.mean(ppl)), "median": float(np.median(ppl)),
+                             "model": ppl_model.name, "num_texts": len(scored),
+                             "num_skipped_empty": len(samples) - len(scored)}
+
+  if sample_labels is not None:
+    if len(sample_labels) != len(samples):
+      raise ValueError(f"got {len(sample_labels)} sample_labels for {len(samples)} samples")
+    if classifier is None:
+      if train_labels is None or train_list is None:
+        raise ValueError("class accuracy needs a trained `classifier`, or train_texts (as texts) with "
+                         "train_labels to train one")
+      classifier = classifier_lib.train_classifier(train_list, train_labels, classifier_featurizer or featurizer)
+    metrics["class_accuracy"] = {"accuracy": classifier.accuracy(samples, sample_labels),
+                                 "num_texts": len(samples), "featurizer": classifier.featurizer.name}
+  return metrics
+
+
+def shuffle_words(texts: Sequence[str], seed: int = 0) -> list[str]:
+  """Each text with its whitespace-separated words in a random order: the control row for MAUVE."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for text in texts:
+    words = text.split()
+    out.append(" ".join(words[i] for i in rng.permutation(len(words))))
+  return out
+
+
+def _json_safe(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, (np.floating, float)):
+    return None if not math.isfinite(float(value)) else float(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  return value
+
+
+def save_metrics(metrics: dict[str, Any], path: str | pathlib.Path) -> None:
+  """Writes `metrics` as strict JSON (NaN and inf become null), creating the folder if needed."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(_json_safe(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n")
