@@ -40,32 +40,49 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.autoencoder = d(
       name="facebook/bart-base",  # Hub name or local directory; ignored when pretrain=True.
       pretrain=False,             # True: train our own tokenizer + small BART on the corpus (offline path).
-      dtype="float32",
+      dtype="float32",            # Compute dtype of the frozen BART (bfloat16 on accelerators).
       # Decoding (DESIGN.md §2): 4 beams, repetition penalty 1.2, no repeated trigrams, max 64 tokens.
       num_beams=4,
       repetition_penalty=1.2,
       no_repeat_ngram_size=3,
       length_penalty=1.0,
       max_decode_length=64,
-      # Used only when pretrain=True (ldlg/autoencoder/pretrain.py).
-      tokenizer_vocab_size=8192,
+      # Everything below is used only when pretrain=True (ldlg/autoencoder/pretrain.py): a byte-level BPE
+      # tokenizer and a BART denoising autoencoder (text infilling), some examples left clean so the decoder
+      # learns to reconstruct from the encoder's latents.
+      vocab_size=8192,
+      tokenizer_min_frequency=2,
+      max_length=64,
       d_model=256,
       encoder_layers=3,
       decoder_layers=3,
       attention_heads=4,
       ffn_dim=1024,
       dropout=0.1,
-      mask_ratio=0.3,           # Share of tokens corrupted (BART text infilling).
-      poisson_lambda=3.0,       # Span lengths of the infilling corruption.
-      clean_fraction=0.25,      # Share of examples left uncorrupted (latents must reconstruct).
+      attention_dropout=0.0,
+      max_position_embeddings=128,
+      clean_fraction=0.5,
+      mask_ratio=0.3,
+      poisson_lambda=3.0,
+      random_ratio=0.1,
+      token_mask_ratio=0.0,
       batch_size=64,
       num_steps=20000,
-      lr=5e-4,
+      learning_rate=1e-3,
       warmup_steps=500,
       weight_decay=0.01,
-      ckpt_every=1000,
-      eval_sentences=500,
+      grad_clip_norm=1.0,
+      seed=0,
+      pad_multiple=16,
+      log_every=50,
+      checkpoint_every=1000,
+      keep_checkpoints=2,
+      eval_num_sentences=500,
+      eval_num_beams=4,
+      eval_batch_size=64,
   )
+  # The autoencoder truncates text at the same length the latents are stored at: one source of truth.
+  config.autoencoder.max_length = config.data.get_ref("max_length")
 
   # Denoiser(**config.model): 12 x 768 pre-LN transformer, 12 heads, GeGLU, T5 relative bias.
   config.model = d(
@@ -130,6 +147,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_redraws=5,         # Empty decodes are re-drawn up to this many rounds (as the paper does).
       checkpoint_step=-1,    # -1 = latest.
   )
+
+  config.eval = d(
+      featurizer="auto",        # MAUVE features: gpt2-large when its weights load, else all-MiniLM-L6-v2.
+      ppl_model="gpt2-large",   # Perplexity judge (hub name or local dir); "" = skip perplexity.
+      num_draws=5,              # sample.num_samples is split into this many sets: mean ± std over sets.
+      max_reference=5000,       # Reference texts (eval split) used for MAUVE.
+  )
   return config
 
 
@@ -149,5 +173,7 @@ def make_cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.optim.update(lr=3e-4, warmup_steps=200)
   config.train.update(num_steps=3000, batch_size=64, ema_decay=0.999, log_every=50, ckpt_every=500,
                       sample_every=1000)
-  config.sample.update(num_steps=100, num_samples=200, batch_size=100)
+  config.sample.update(num_steps=100, num_samples=500, batch_size=100)
+  # Offline: no gpt2-large. MAUVE on MiniLM features; perplexity needs a judge trained on the corpus.
+  config.eval.update(featurizer="minilm", ppl_model="")
   return config

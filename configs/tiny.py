@@ -14,9 +14,10 @@ def get_config(arg: str | None = None):
   config.data.update(name="e2e", train_split="validation", eval_split="validation", max_length=32,
                      max_examples=256, shard_size=128, encode_batch_size=64, length_bucketed=False)
   config.autoencoder.update(
-      pretrain=True, name="", tokenizer_vocab_size=512, d_model=32, encoder_layers=1, decoder_layers=1,
-      attention_heads=2, ffn_dim=64, dropout=0.0, batch_size=32, num_steps=30, warmup_steps=5,
-      lr=1e-3, ckpt_every=20, eval_sentences=16, num_beams=2, max_decode_length=32)
+      pretrain=True, name="", vocab_size=512, d_model=32, encoder_layers=1, decoder_layers=1,
+      attention_heads=2, ffn_dim=64, dropout=0.0, max_position_embeddings=64, batch_size=32, num_steps=30,
+      warmup_steps=5, learning_rate=1e-3, log_every=10, checkpoint_every=20, eval_num_sentences=16,
+      eval_num_beams=2, num_beams=2, max_decode_length=32)
   config.model.latent_dim = config.autoencoder.get_ref("d_model")
   config.model.max_len = config.data.get_ref("max_length")
   config.model.update(dim=32, num_layers=2, num_heads=2)
@@ -25,4 +26,5 @@ def get_config(arg: str | None = None):
   config.train.update(num_steps=20, batch_size=8, log_every=5, ckpt_every=10, sample_every=0,
                       keep_checkpoints=2)
   config.sample.update(num_steps=10, num_samples=8, batch_size=4)
+  config.eval.update(featurizer="minilm", ppl_model="", num_draws=2)
   return config

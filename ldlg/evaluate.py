@@ -138,3 +138,57 @@ def save_metrics(metrics: dict[str, Any], path: str | pathlib.Path) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(_json_safe(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+  values = [float(v) for v in values]
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+
+
+def evaluate_draws(samples: Sequence[str], reference: Sequence[str], train_texts: Sequence[str], *,
+                   featurizer: featurizers_lib.Featurizer, num_draws: int = 5,
+                   ppl_model: perplexity_lib.CausalLM | None = None,
+                   sample_labels: Sequence[int] | None = None,
+                   classifier: classifier_lib.TextClassifier | None = None, seed: int = 0) -> dict[str, Any]:
+  """The paper's protocol: the samples are `num_draws` independent sets (e.g. 5 seeds x 1000); every metric
+  is computed on each set and reported as mean ± std over the sets.
+
+  Texts are featurized once (samples and reference); the 4-gram set of the training data is built once.
+  Draw i compares its samples with an equally large draw of the reference.
+
+  Returns:
+    {"mauve", "diversity", "memorization", "unique_tokens", "perplexity" (if ppl_model),
+     "class_accuracy" (if sample_labels): each {"mean", "std", "values"}; plus "featurizer",
+     "num_draws", "draw_size", "num_samples", "num_empty_samples"}.
+  """
+  samples = list(samples)
+  if len(samples) < num_draws:
+    raise ValueError(f"{len(samples)} samples cannot be split into num_draws={num_draws} sets")
+  draws = np.array_split(np.arange(len(samples)), num_draws)
+  sample_feats = featurizer(samples)
+  ref_feats = featurizer(list(reference))
+  grams = ngram_metrics.training_ngrams(train_texts)
+  per: dict[str, list[float]] = {k: [] for k in ("mauve", "diversity", "memorization", "unique_tokens")}
+  if ppl_model is not None:
+    per["perplexity"] = []
+  if sample_labels is not None:
+    per["class_accuracy"] = []
+  for i, idx in enumerate(draws):
+    texts = [samples[j] for j in idx]
+    per["mauve"].append(mauve_score.mauve_over_draws(
+        sample_feats[idx], ref_feats, num_draws=1, draw_size=len(idx), seed=seed + i)["mean"])
+    per["diversity"].append(ngram_metrics.diversity(texts)["diversity"])
+    per["memorization"].append(ngram_metrics.memorization(texts, grams))
+    per["unique_tokens"].append(ngram_metrics.unique_tokens(texts))
+    if ppl_model is not None:
+      scored = [t for t in texts if ppl_model.encode(t)]
+      per["perplexity"].append(float(np.mean(perplexity_lib.perplexities(scored, ppl_model)))
+                               if scored else math.nan)
+    if sample_labels is not None:
+      per["class_accuracy"].append(classifier.accuracy(texts, [sample_labels[j] for j in idx]))
+  out: dict[str, Any] = {k: _mean_std(v) for k, v in per.items()}
+  out.update(featurizer=featurizer.name, num_draws=num_draws, draw_size=int(len(draws[0])),
+             num_samples=len(samples), num_empty_samples=sum(not t.strip() for t in samples))
+  if ppl_model is not None:
+    out["perplexity"]["model"] = ppl_model.name
+  return out

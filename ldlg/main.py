@@ -27,9 +27,18 @@ _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drops INFO chatter of Orbax and TFDS (dozens of lines per checkpoint); their warnings still show."""
+
+  def filter(self, record):
+    noisy = ("/orbax/", "/tensorflow_datasets/", "/faiss/")
+    return record.levelno >= logging.logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if _DISTRIBUTED.value or os.environ.get("LDLG_DISTRIBUTED") == "1":
     import jax
     jax.distributed.initialize()

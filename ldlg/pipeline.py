@@ -5,6 +5,7 @@ Each stage's output lives in the workdir (see ldlg/workdir.py) and marks it done
   precompute            <workdir>/latents/<train split>/manifest.json with "complete": true
   train                 a checkpoint at step config.train.num_steps
   sample                <workdir>/samples.jsonl
+  evaluate              <workdir>/metrics.json
 Re-running a finished stage is cheap: each one resumes (or skips) what is already on disk.
 """
 
@@ -18,7 +19,7 @@ import ml_collections
 from ldlg.workdir import Workdir
 from ldlg.workdir import save_or_check_config
 
-STAGES = ("pretrain_autoencoder", "precompute", "train", "sample")
+STAGES = ("pretrain_autoencoder", "precompute", "train", "sample", "evaluate")
 MODES = STAGES + ("pipeline",)
 
 
@@ -37,7 +38,7 @@ def pretrain_autoencoder(config, workdir: Workdir, data_dir) -> None:
   from ldlg.autoencoder import pretrain
   train = [r["text"] for r in _load_texts(config, data_dir, workdir, config.data.train_split)]
   valid = [r["text"] for r in _load_texts(config, data_dir, workdir, config.data.eval_split)]
-  result = pretrain.pretrain_autoencoder(pretrain.pretrain_config(config), train, valid,
+  result = pretrain.pretrain_autoencoder(config.autoencoder, train, valid,
                                          workdir.autoencoder_dir)
   logging.info("Autoencoder: %s", json.dumps({k: v for k, v in result.items() if k != "out_dir"}))
 
@@ -71,6 +72,34 @@ def sample(config, workdir: Workdir, data_dir) -> None:
   sample_lib.sample_to_file(config, workdir)
 
 
+def evaluate(config, workdir: Workdir, data_dir) -> None:
+  """Scores samples.jsonl against the eval split (MAUVE) and the train split (memorization, classifier)."""
+  from ldlg import evaluate as evaluate_lib
+  from ldlg.evaluation import classifier as classifier_lib
+  from ldlg.evaluation import featurizers
+  from ldlg.evaluation import perplexity
+  if not workdir.samples_file.exists():
+    raise FileNotFoundError(f"no samples at {workdir.samples_file}: the sample stage has not run in this "
+                            "workdir. Run --mode=sample (or --mode=pipeline) first.")
+  records = [json.loads(line) for line in workdir.samples_file.read_text(encoding="utf-8").splitlines()]
+  train = _load_texts(config, data_dir, workdir, config.data.train_split)
+  reference = [r["text"] for r in _load_texts(config, data_dir, workdir, config.data.eval_split)]
+  reference = reference[:config.eval.max_reference]
+  featurizer = featurizers.get_featurizer(config.eval.featurizer)
+  ppl_model = perplexity.load_causal_lm(config.eval.ppl_model) if config.eval.ppl_model else None
+  labels, classifier = None, None
+  if config.model.num_classes > 0:
+    labels = [r["class_id"] for r in records]
+    classifier = classifier_lib.train_classifier([r["text"] for r in train], [r["label"] for r in train],
+                                                 featurizers.get_featurizer("minilm"))
+  metrics = evaluate_lib.evaluate_draws(
+      [r["text"] for r in records], reference, [r["text"] for r in train], featurizer=featurizer,
+      num_draws=config.eval.num_draws, ppl_model=ppl_model, sample_labels=labels, classifier=classifier,
+      seed=config.sample.seed)
+  evaluate_lib.save_metrics(metrics, workdir.metrics_json)
+  logging.info("Metrics (%s): %s", workdir.metrics_json, json.dumps(metrics))
+
+
 def stage_done(stage: str, config, workdir: Workdir) -> bool:
   if stage == "pretrain_autoencoder":
     return not config.autoencoder.pretrain or (workdir.autoencoder_dir / "reconstruction.json").exists()
@@ -92,11 +121,13 @@ def stage_done(stage: str, config, workdir: Workdir) -> bool:
     return latest is not None and latest >= config.train.num_steps
   if stage == "sample":
     return workdir.samples_file.exists()
+  if stage == "evaluate":
+    return workdir.metrics_json.exists()
   raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
 
 
 _RUN = {"pretrain_autoencoder": pretrain_autoencoder, "precompute": precompute, "train": train,
-        "sample": sample}
+        "sample": sample, "evaluate": evaluate}
 
 
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir=None) -> None:

@@ -7,6 +7,7 @@
     <workdir>/checkpoints/         Orbax checkpoints of the denoiser's train state
     <workdir>/metrics.jsonl        training metrics, one JSON object per log step (also TensorBoard: tb/)
     <workdir>/samples.jsonl        sampled text, one JSON object per line
+    <workdir>/metrics.json         evaluation of the samples (MAUVE, diversity, ...: mean and std over draws)
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ import ml_collections
 # Fields that may change between runs in one workdir: they steer how long to run or how to sample, not what
 # the model, data or latents are. Everything else must match the saved config.
 MUTABLE_FIELDS = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-                  "train.sample_every", "train.num_log_samples", "sample.", "autoencoder.num_beams",
+                  "train.sample_every", "train.num_log_samples", "sample.", "eval.", "autoencoder.num_beams",
                   "autoencoder.repetition_penalty", "autoencoder.no_repeat_ngram_size",
                   "autoencoder.length_penalty", "autoencoder.max_decode_length")
 
@@ -57,6 +58,10 @@ class Workdir:
   @property
   def samples_file(self) -> pathlib.Path:
     return self.root / "samples.jsonl"
+
+  @property
+  def metrics_json(self) -> pathlib.Path:
+    return self.root / "metrics.json"
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
