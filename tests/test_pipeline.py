@@ -1,6 +1,7 @@
 """The whole offline pipeline on the tiny config: own tokenizer + BART → latents → denoiser → text → metrics."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -41,3 +42,23 @@ def test_tiny_pipeline_end_to_end(tmp_path, data_dir, caplog):
   caplog.set_level("INFO")
   pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
   assert all(f"Stage {s}: already done" in caplog.text for s in pipeline.STAGES)
+
+
+@pytest.mark.slow
+def test_colab_notebook_cells_run(tmp_path, data_dir):
+  """The sampling notebook's code (install cells aside) runs against a real workdir."""
+  config = tiny.get_config()
+  config.train.num_steps = 4
+  wd = Workdir(tmp_path / "wd")
+  for stage in ("pretrain_autoencoder", "precompute", "train"):
+    pipeline.run(stage, config, wd.root, data_dir=data_dir)
+  notebook = json.loads((pathlib.Path(__file__).parents[1] / "launch" / "sample_colab.ipynb").read_text())
+  namespace = {}
+  for cell in notebook["cells"]:
+    source = "".join(cell["source"])
+    shell_lines = any(line.lstrip().startswith(("%", "!")) for line in source.splitlines())
+    if cell["cell_type"] != "code" or shell_lines:  # Installs: not for a test.
+      continue
+    source = source.replace('pathlib.Path("runs/e2e_cpu")', f'pathlib.Path({str(wd.root)!r})')
+    exec(compile(source, "sample_colab.ipynb", "exec"), namespace)  # pylint: disable=exec-used
+  assert len(namespace["records"]) == 8 and all("text" in r for r in namespace["records"])
