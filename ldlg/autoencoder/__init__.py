@@ -1,0 +1,1 @@
+"""The frozen language autoencoder (Flax BART): load, encode, beam-search decode, offline pretraining."""
