@@ -17,7 +17,7 @@ def get_config(arg: str | None = None):
       pretrain=True, name="", vocab_size=512, d_model=32, encoder_layers=1, decoder_layers=1,
       attention_heads=2, ffn_dim=64, dropout=0.0, max_position_embeddings=64, batch_size=32, num_steps=30,
       warmup_steps=5, learning_rate=1e-3, log_every=10, checkpoint_every=20, eval_num_sentences=16,
-      eval_num_beams=2, num_beams=2, max_decode_length=32)
+      eval_num_beams=2, num_beams=2)
   config.model.latent_dim = config.autoencoder.get_ref("d_model")
   config.model.max_len = config.data.get_ref("max_length")
   config.model.update(dim=32, num_layers=2, num_heads=2)

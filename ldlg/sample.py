@@ -107,7 +107,7 @@ class TextSampler:
         latents = np.asarray(x0, np.float32) * self.std + self.mean  # Un-normalize before decoding.
         texts = self.autoencoder.decode(
             latents, mask, num_beams=cfg.autoencoder.num_beams,
-            max_length=cfg.autoencoder.max_decode_length,
+            max_length=cfg.autoencoder.max_decode_length, min_length=cfg.autoencoder.min_decode_length,
             no_repeat_ngram_size=cfg.autoencoder.no_repeat_ngram_size,
             repetition_penalty=cfg.autoencoder.repetition_penalty,
             length_penalty=cfg.autoencoder.length_penalty)

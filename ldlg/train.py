@@ -81,7 +81,7 @@ def make_p_train_step(config: ml_collections.ConfigDict, model, base_rng: jax.Ar
   return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
-class _StopSignal:
+class StopSignal:
   """Turns SIGTERM (preemption) into a flag the loop checks, so it saves a checkpoint before exiting."""
 
   def __init__(self):
@@ -165,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Workdir) -> t
   tokens, t_last = 0, time.perf_counter()
   bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", disable=not is_primary,
                   dynamic_ncols=True)
-  with _StopSignal() as stop:
+  with StopSignal() as stop:
     for step in range(start_step, num_steps):
       batch = next(batches)
       tokens += int(batch["mask"].sum()) * jax.process_count()

@@ -21,7 +21,8 @@ import ml_collections
 MUTABLE_FIELDS = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
                   "train.sample_every", "train.num_log_samples", "sample.", "eval.", "autoencoder.num_beams",
                   "autoencoder.repetition_penalty", "autoencoder.no_repeat_ngram_size",
-                  "autoencoder.length_penalty", "autoencoder.max_decode_length")
+                  "autoencoder.length_penalty", "autoencoder.max_decode_length",
+                  "autoencoder.min_decode_length")
 
 
 @dataclasses.dataclass(frozen=True)

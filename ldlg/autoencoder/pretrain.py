@@ -14,7 +14,6 @@ Resumable: Orbax checkpoints in out_dir/checkpoints every `checkpoint_every` ste
 its corruption are functions of (seed, s) and the dropout key is fold_in(key(seed), s), so a resumed run
 continues exactly as an uninterrupted one would. The loss is logged to out_dir/train_log.jsonl.
 """
-import functools
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from ldlg.autoencoder import autoencoder as autoencoder_lib
 from ldlg.autoencoder import corruption
 from ldlg.autoencoder import reconstruction
 from ldlg.autoencoder import tokenizer as tokenizer_lib
+from ldlg.data.step_batches import batch_indices
 
 
 def default_autoencoder_config() -> ml_collections.ConfigDict:
@@ -97,23 +97,6 @@ def generation_config(model_config: transformers.BartConfig) -> transformers.Gen
   gen = transformers.GenerationConfig.from_model_config(model_config)
   gen.forced_bos_token_id = 0
   return gen
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
-  """Example indices of a step's batch: epochs are seeded permutations, so this depends on step only."""
-  out = []
-  pos = step * batch_size
-  while len(out) < batch_size:
-    epoch, offset = divmod(pos, n)
-    take = min(batch_size - len(out), n - offset)
-    out.extend(_epoch_permutation(seed, epoch, n)[offset:offset + take])
-    pos += take
-  return np.asarray(out)
 
 
 def _pad(seqs: Sequence[np.ndarray], width: int, pad_id: int) -> np.ndarray:

@@ -1,0 +1,339 @@
+"""Training the autoregressive baseline on the same tokenized text as LD4LG: `train_ar_baseline`.
+
+Each text becomes `<s> text </s>` in the project's tokenizer; the loss is the next-token cross-entropy averaged
+over every non-pad target token of the global batch. The step is pmapped over the local devices like the
+denoiser's (`ldlg.train`): each device sums its tokens' NLL and divides by the global token count (a `psum`),
+so the summed gradients are exactly those of the global mean, however the batch is split. Nothing random is
+carried: the batch of step s is a function of (seed, s), dropout keys are `fold_in(fold_in(key, s), device)`,
+and a resumed run continues as an uninterrupted one would.
+
+The budget is a step count and, optionally, a wall-time cap (summed over resumes); training stops at whichever
+comes first, or at SIGTERM, and the result says which. The learning rate decays over the step budget.
+
+out_dir layout:
+    checkpoints/            Orbax checkpoints of the train state (resumable)
+    metrics.jsonl, tb/      training metrics
+    config.json, flax_model.msgpack, tokenizer files   the final model in Hugging Face format
+    ar_config.json          the baseline's ConfigDict
+    ar_result.json          what `train_ar_baseline` returns
+"""
+
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+import transformers
+
+from ldlg import checkpointing
+from ldlg import metric_writer
+from ldlg import train as train_lib
+from ldlg import train_state as train_state_lib
+from ldlg.baselines import ar_model
+from ldlg.evaluation import batching
+from ldlg.evaluation import perplexity
+from ldlg.data.step_batches import batch_indices
+
+AXIS = train_lib.AXIS
+
+
+def frame_texts(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[list[np.ndarray], dict]:
+  """`<s> text </s>` token ids per non-empty text, cut to `max_length` (a cut text loses its </s>).
+
+  Returns:
+    (ids: one int32 array per kept text, stats: {"num_texts", "num_empty" (dropped), "num_truncated"}).
+  """
+  if isinstance(texts, str):
+    raise ValueError("pass a list of texts, not a single string")
+  if max_length < 2:
+    raise ValueError(f"max_length={max_length} leaves no room for <s> and </s>; use at least 2")
+  ids = ar_model.special_ids(tokenizer)
+  encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+  seqs, empty, truncated = [], 0, 0
+  for tokens in encoded:
+    if not tokens:
+      empty += 1
+      continue
+    seq = [ids["bos"], *tokens, ids["eos"]]
+    if len(seq) > max_length:
+      truncated += 1
+      seq = seq[:max_length]
+    seqs.append(np.asarray(seq, np.int32))
+  return seqs, {"num_texts": len(seqs), "num_empty": empty, "num_truncated": truncated}
+
+
+def make_batch(seqs: Sequence[np.ndarray], step: int, *, batch_size: int, num_devices: int, pad_id: int,
+               pad_multiple: int, max_length: int, seed: int) -> dict[str, np.ndarray]:
+  """Step `step`'s batch, split over devices: input_ids and attention_mask [num_devices, B / num_devices, W].
+
+  W is the longest sequence rounded up to a multiple of `pad_multiple` (at most `max_length`), so only a few
+  shapes are ever compiled.
+  """
+  idx = batch_indices(step, len(seqs), batch_size, seed)
+  longest = max(len(seqs[i]) for i in idx)
+  width = min(max_length, -(-longest // pad_multiple) * pad_multiple)
+  ids = np.full((batch_size, width), pad_id, np.int32)
+  mask = np.zeros((batch_size, width), np.int32)
+  for row, i in enumerate(idx):
+    ids[row, :len(seqs[i])] = seqs[i]
+    mask[row, :len(seqs[i])] = 1
+  shape = (num_devices, batch_size // num_devices, width)
+  return {"input_ids": ids.reshape(shape), "attention_mask": mask.reshape(shape)}
+
+
+def token_nll(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed next-token NLL (nats) over non-pad targets, and their number.
+
+  Args:
+    logits: [B, L, V]; position i predicts token i + 1.
+    input_ids: [B, L] int, right-padded.
+    attention_mask: [B, L], 1 on real tokens.
+  Returns:
+    (nll_sum [] float32, num_targets [] float32).
+  """
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]  # [B, L-1]
+  weight = attention_mask[:, 1:].astype(jnp.float32)
+  return (nll * weight).sum(), weight.sum()
+
+
+def train_step(state: train_state_lib.TrainState, batch: dict, *, model: Any, base_rng: jax.Array,
+               ema_decay: float, ema_warmup: bool):
+  """One AdamW step on this device's share of the global batch (call under pmap with axis "batch").
+
+  Args:
+    state: the replicated train state.
+    batch: input_ids, attention_mask [b, W] (this device's rows).
+  Returns:
+    The new state and metrics (loss = global token-mean NLL, grad_norm, num_tokens), equal on every device.
+  """
+  step_rng = jax.random.fold_in(base_rng, state.step)
+  dropout_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(AXIS))
+  num_global = jax.lax.psum(batch["attention_mask"][:, 1:].sum().astype(jnp.float32), AXIS)
+
+  def loss_fn(params):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], params=params,
+                   dropout_rng=dropout_rng, train=True).logits
+    nll_sum, _ = token_nll(logits, batch["input_ids"], batch["attention_mask"])
+    return nll_sum / jnp.maximum(num_global, 1.0)
+
+  local_loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grads = jax.lax.psum(grads, AXIS)  # Sum of per-device shares of the global mean: the global mean's gradient.
+  metrics = {"loss": jax.lax.psum(local_loss, AXIS), "grad_norm": train_lib.optax_global_norm(grads),
+             "num_tokens": num_global}
+  return state.apply_gradients(grads, ema_decay=ema_decay, ema_warmup=ema_warmup), metrics
+
+
+def make_p_train_step(model: Any, base_rng: jax.Array, *, ema_decay: float, ema_warmup: bool, devices=None):
+  """The pmapped step over `devices` (default: all local); the state is donated."""
+  step = functools.partial(train_step, model=model, base_rng=base_rng, ema_decay=ema_decay,
+                           ema_warmup=ema_warmup)
+  return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+
+
+def evaluate_loss(lm: perplexity.CausalLM, seqs: Sequence[np.ndarray], *, batch_size: int,
+                  max_length: int) -> float:
+  """Token-mean NLL (nats) of framed sequences (`frame_texts`), the training loss's definition (</s> scored)."""
+  total, count = 0.0, 0.0
+  for batch in batching.iterate_batches(seqs, batch_size=batch_size, buckets=batching.bucket_lengths(max_length),
+                                        pad_id=lm.pad_id):
+    s, c = jax.device_get(lm.nll_fn(lm.params, batch.input_ids, batch.attention_mask))
+    n = len(batch.indices)  # Dummy rows score no target (one visible token), but drop them anyway.
+    total += float(np.sum(s[:n]))
+    count += float(np.sum(c[:n]))
+  return total / max(count, 1.0)
+
+
+def evaluate_valid(model: Any, params: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
+                   batch_size: int, name: str = "ar_baseline") -> dict[str, float]:
+  """{"valid_loss": token-mean NLL with </s> scored (the training loss), "valid_perplexity": the mean per-text
+  perplexity of `ldlg.evaluation.perplexity` (</s> not scored)} of the non-empty `texts`."""
+  texts = [t for t in texts if tokenizer.encode(t, add_special_tokens=False)]
+  if not texts:
+    return {}
+  seqs, _ = frame_texts(texts, tokenizer, max_length)
+  lm = ar_model.ar_causal_lm(model, params, tokenizer, name=name)
+  return {"valid_loss": evaluate_loss(lm, seqs, batch_size=batch_size, max_length=max_length),
+          "valid_perplexity": perplexity.mean_perplexity(texts, lm, batch_size=batch_size, max_length=max_length)}
+
+
+def _trim_log(path: pathlib.Path, last_step: int) -> None:
+  """Drops metric lines past the restored step (written after the last checkpoint, before a crash)."""
+  if path.exists():
+    lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= last_step]
+    path.write_text("".join(l + "\n" for l in lines))
+
+
+def train_ar_baseline(cfg: ml_collections.ConfigDict, texts: Sequence[str], tokenizer: Any,
+                      out_dir: str | pathlib.Path, *, max_steps: int | None = None,
+                      max_seconds: float | None = None, valid_texts: Sequence[str] | None = None,
+                      devices: Sequence[jax.Device] | None = None) -> dict:
+  """Trains the GPT-2 baseline on `texts`, resuming from out_dir/checkpoints; saves it in HF format.
+
+  Args:
+    cfg: the baseline section (`ar_model.default_ar_config()`).
+    texts: training texts (empty ones are dropped and counted).
+    tokenizer: an HF fast tokenizer with bos/eos/pad tokens (the project's BART tokenizer).
+    out_dir: output folder (see the module docstring).
+    max_steps: step budget (default cfg.train.num_steps); the cosine schedule decays over it, so a resume must
+      pass the same value.
+    max_seconds: wall-time cap in seconds, summed over resumes, compilation included (default
+      cfg.train.max_seconds; 0 or None: no cap).
+    valid_texts: held-out texts; their loss and perplexity are reported.
+    devices: devices to pmap over (default: all local).
+  Returns:
+    {"num_params", "steps", "max_steps", "seconds", "max_seconds", "stopped_by" ("max_steps" | "max_seconds" |
+     "sigterm"), "final_loss" (mean training loss of the last log window), "valid_loss" (token-mean NLL incl.
+     </s>) and "valid_perplexity" (mean per-text perplexity, as `ldlg.evaluation.perplexity`) when valid texts
+     are given and the run was not preempted, "steps_per_s" (this session), "resumed_from", the framing stats, "model" (sizes), "out_dir"}.
+  """
+  tc = cfg.train
+  max_steps = int(tc.num_steps if max_steps is None else max_steps)
+  max_seconds = float((tc.max_seconds if max_seconds is None else max_seconds) or 0.0)
+  if max_steps < 1:
+    raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+  if cfg.model.n_positions < cfg.data.max_length:
+    raise ValueError(f"model.n_positions={cfg.model.n_positions} < data.max_length={cfg.data.max_length}; "
+                     "raise n_positions")
+  devices = list(devices or jax.local_devices())
+  if tc.batch_size % len(devices):
+    raise ValueError(f"train.batch_size={tc.batch_size} is not divisible by the {len(devices)} devices; use a "
+                     f"multiple of {len(devices)}")
+  seqs, framing = frame_texts(texts, tokenizer, cfg.data.max_length)
+  if not seqs:
+    raise ValueError("no non-empty training texts: the AR baseline needs text to train on")
+  special = ar_model.special_ids(tokenizer)
+  out_dir = pathlib.Path(out_dir).absolute()
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "ar_config.json").write_text(cfg.to_json(indent=2))
+
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+  model, params = ar_model.build_model(cfg.model, tokenizer, init_rng)
+  num_params = ar_model.count_params(params)
+  tx = train_state_lib.make_optimizer(cfg.optim, max_steps)
+  state = train_state_lib.TrainState.create(params, tx)
+
+  ckpt = checkpointing.Checkpointer(out_dir / "checkpoints", keep=tc.keep_checkpoints)
+  meta = {"config": cfg.to_dict(), "max_steps": max_steps, "vocab_size": len(tokenizer), "seconds": 0.0}
+  log_path = out_dir / "metrics.jsonl"
+  if ckpt.latest_step() is not None:
+    saved, saved_meta = ckpt.restore(state.to_dict())
+    for key in ("max_steps", "vocab_size"):
+      if saved_meta[key] != meta[key]:
+        ckpt.close()
+        raise ValueError(f"the checkpoint in {ckpt.directory} was trained with {key}={saved_meta[key]}, not "
+                         f"{meta[key]}; pass the same value to resume, or use a new out_dir")
+    state = state.from_dict(saved)
+    meta["seconds"] = float(saved_meta["seconds"])
+    _trim_log(log_path, int(state.step))
+    logging.info("Resumed the AR baseline from step %d (%.0f s).", int(state.step), meta["seconds"])
+  start_step = int(state.step)
+  logging.info("Training a %d-parameter GPT-2 baseline (%d x %d) on %d texts for up to %d steps%s.",
+               num_params, cfg.model.n_layer, cfg.model.n_embd, len(seqs), max_steps,
+               f" or {max_seconds:.0f} s" if max_seconds else "")
+
+  p_step = make_p_train_step(model, train_rng, ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup, devices=devices)
+  schedule = train_state_lib.learning_rate_schedule(cfg.optim, max_steps)
+  writer = metric_writer.MetricWriter(log_path, out_dir / "tb")
+  state = train_lib.replicate(state, devices)
+  step, last_saved, stopped_by = start_step, start_step, None
+  pending = []
+  final_loss = math.nan
+  t_start = t_log = time.perf_counter()
+
+  def elapsed() -> float:
+    return meta["seconds"] + time.perf_counter() - t_start
+
+  def flush_metrics():
+    nonlocal pending, final_loss, t_log
+    if not pending:
+      return
+    fetched = [{k: float(v[0]) for k, v in m.items()} for m in jax.device_get(pending)]
+    for i, m in enumerate(fetched):
+      if not math.isfinite(m["loss"]):
+        raise FloatingPointError(
+            f"the AR baseline's loss became {m['loss']} at step {step - len(fetched) + i + 1}; the last good "
+            f"checkpoint (step {last_saved}) in {ckpt.directory} is intact. Lower optim.lr or keep grad_clip on.")
+    now = time.perf_counter()
+    final_loss = float(np.mean([m["loss"] for m in fetched]))
+    scalars = {"loss": final_loss, "grad_norm": fetched[-1]["grad_norm"], "lr": float(schedule(step - 1)),
+               "steps_per_s": len(fetched) / (now - t_log),
+               "tokens_per_s": sum(m["num_tokens"] for m in fetched) / (now - t_log), "seconds": elapsed()}
+    writer.write_scalars(step, scalars)
+    bar.set_postfix(loss=f"{final_loss:.3f}", sps=f"{scalars['steps_per_s']:.2f}")
+    pending, t_log = [], now
+
+  bar = tqdm.tqdm(total=max_steps, initial=start_step, desc="ar baseline", dynamic_ncols=True)
+  with train_lib.StopSignal() as stop:
+    while True:
+      if step >= max_steps:
+        stopped_by = "max_steps"
+        break
+      if max_seconds and elapsed() >= max_seconds:
+        stopped_by = "max_seconds"
+        break
+      batch = make_batch(seqs, step, batch_size=tc.batch_size, num_devices=len(devices), pad_id=special["pad"],
+                         pad_multiple=cfg.data.pad_multiple, max_length=cfg.data.max_length, seed=cfg.seed)
+      state, metrics = p_step(state, batch)
+      step += 1
+      pending.append(metrics)
+      if max_seconds:  # Without this the host runs ahead of the device and the clock under-counts.
+        jax.block_until_ready(metrics["loss"])
+      bar.update(1)
+      if step % tc.log_every == 0:
+        flush_metrics()
+      if step % tc.ckpt_every == 0:
+        flush_metrics()  # Never checkpoint a state whose loss has not been checked.
+        ckpt.save(step, jax.device_get(train_lib.unreplicate(state).to_dict()), {**meta, "seconds": elapsed()})
+        last_saved = step
+      if stop.received:
+        stopped_by = "sigterm"
+        break
+  flush_metrics()
+  bar.close()
+  seconds = elapsed()
+  session_steps, session_seconds = step - start_step, time.perf_counter() - t_start
+  if step != last_saved or ckpt.latest_step() is None:
+    ckpt.save(step, jax.device_get(train_lib.unreplicate(state).to_dict()), {**meta, "seconds": seconds})
+  ckpt.close()
+  writer.close()
+
+  # The saved model holds the EMA weights (identical to the trained ones when ema_decay = 0).
+  params = jax.device_get(train_lib.unreplicate(state).ema_params)
+  model.save_pretrained(str(out_dir), params=params)
+  tokenizer.save_pretrained(str(out_dir))
+  result = {
+      "num_params": num_params, "steps": step, "max_steps": max_steps, "seconds": seconds,
+      "max_seconds": max_seconds or None, "stopped_by": stopped_by, "final_loss": final_loss,
+      "steps_per_s": session_steps / session_seconds if session_steps else None, "resumed_from": start_step,
+      **framing, "model": {k: cfg.model[k] for k in ("n_layer", "n_embd", "n_head", "n_positions")},
+      "out_dir": str(out_dir)}
+  if valid_texts and stopped_by != "sigterm":  # A preempted job has seconds left: save, skip the scoring.
+    result.update(evaluate_valid(model, params, tokenizer, valid_texts, max_length=cfg.data.max_length,
+                                 batch_size=tc.eval_batch_size, name=f"ar_baseline@{step}"))
+  (out_dir / "ar_result.json").write_text(json.dumps(result, indent=2))
+  logging.info("AR baseline: %s", {k: v for k, v in result.items() if k != "model"})
+  return result
+
+
+def load_ar_baseline(out_dir: str | pathlib.Path) -> tuple[transformers.FlaxGPT2LMHeadModel, Any, Any]:
+  """(model without params inside, params, tokenizer) of a trained baseline.
+
+  The folder is a Hugging Face model folder, so `ldlg.evaluation.perplexity.load_causal_lm(out_dir)` also loads
+  it as a perplexity judge.
+  """
+  out_dir = pathlib.Path(out_dir)
+  if not (out_dir / "flax_model.msgpack").is_file():
+    raise FileNotFoundError(f"no trained AR baseline in {out_dir} (flax_model.msgpack is missing); run "
+                            "train_ar_baseline first, or let an interrupted run finish")
+  model, params = transformers.FlaxGPT2LMHeadModel.from_pretrained(str(out_dir), _do_init=False)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir))
+  return model, params, tokenizer
