@@ -23,7 +23,8 @@ STAGES = ("pretrain_autoencoder", "precompute", "train", "sample", "evaluate")
 MODES = STAGES + ("pipeline",)
 
 
-def _load_texts(config, data_dir, workdir: Workdir, split: str) -> list[dict]:
+def load_texts(config, data_dir, workdir: Workdir, split: str) -> list[dict]:
+  """Records of a split (at most config.data.max_examples), read through the TFDS builder."""
   from ldlg.data import datasets
   records = datasets.load_split(config.data.name, split, data_dir, tfds_dir=workdir.tfds_dir)
   limit = config.data.max_examples
@@ -36,8 +37,8 @@ def pretrain_autoencoder(config, workdir: Workdir, data_dir) -> None:
     logging.info("config.autoencoder.pretrain is False: using the pretrained %s.", config.autoencoder.name)
     return
   from ldlg.autoencoder import pretrain
-  train = [r["text"] for r in _load_texts(config, data_dir, workdir, config.data.train_split)]
-  valid = [r["text"] for r in _load_texts(config, data_dir, workdir, config.data.eval_split)]
+  train = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.train_split)]
+  valid = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.eval_split)]
   result = pretrain.pretrain_autoencoder(config.autoencoder, train, valid,
                                          workdir.autoencoder_dir)
   logging.info("Autoencoder: %s", json.dumps({k: v for k, v in result.items() if k != "out_dir"}))
@@ -50,7 +51,7 @@ def precompute(config, workdir: Workdir, data_dir) -> None:
   autoencoder = from_config.load_autoencoder(config, workdir)
   spec, _ = datasets.get_spec(config.data.name)
   for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
-    records = _load_texts(config, data_dir, workdir, split)
+    records = load_texts(config, data_dir, workdir, split)
     manifest = precompute_lib.precompute_latents(
         autoencoder, records, workdir.root / "latents", split=split, dtype=config.data.latent_dtype,
         shard_size=config.data.shard_size, batch_size=config.data.encode_batch_size,
@@ -82,8 +83,8 @@ def evaluate(config, workdir: Workdir, data_dir) -> None:
     raise FileNotFoundError(f"no samples at {workdir.samples_file}: the sample stage has not run in this "
                             "workdir. Run --mode=sample (or --mode=pipeline) first.")
   records = [json.loads(line) for line in workdir.samples_file.read_text(encoding="utf-8").splitlines()]
-  train = _load_texts(config, data_dir, workdir, config.data.train_split)
-  reference = [r["text"] for r in _load_texts(config, data_dir, workdir, config.data.eval_split)]
+  train = load_texts(config, data_dir, workdir, config.data.train_split)
+  reference = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.eval_split)]
   reference = reference[:config.eval.max_reference]
   featurizer = featurizers.get_featurizer(config.eval.featurizer)
   ppl_model = perplexity.load_causal_lm(config.eval.ppl_model) if config.eval.ppl_model else None

@@ -174,4 +174,4 @@ def ar_causal_lm(model: transformers.FlaxGPT2LMHeadModel, params: Any, tokenizer
 
   return perplexity.CausalLM(name=name, logits_fn=logits_fn, params=params,
                              encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
-                             bos_id=ids["bos"], pad_id=ids["pad"])
+                             bos_id=ids["bos"], pad_id=ids["pad"], max_positions=model.config.n_positions)

@@ -37,6 +37,7 @@ class CausalLM:
     encode: text -> token ids, without BOS/EOS.
     bos_id: prepended to every text so its first token is scored too.
     pad_id: written at padded positions (any valid id).
+    max_positions: the longest input the model takes (learned positions); longer texts are cut to it.
   """
   name: str
   logits_fn: LogitsFn
@@ -44,6 +45,7 @@ class CausalLM:
   encode: Callable[[str], list[int]]
   bos_id: int
   pad_id: int = 0
+  max_positions: int | None = None
 
   @functools.cached_property
   def nll_fn(self) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
@@ -63,7 +65,9 @@ def causal_lm_from_hf(model: Any, tokenizer: Any, name: str | None = None) -> Ca
   return CausalLM(name=name or getattr(model.config, "name_or_path", "") or type(model).__name__,
                   logits_fn=logits_fn, params=model.params,
                   encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
-                  bos_id=int(bos), pad_id=int(tokenizer.pad_token_id or bos))
+                  bos_id=int(bos), pad_id=int(tokenizer.pad_token_id or bos),
+                  max_positions=getattr(model.config, "n_positions", None)
+                  or getattr(model.config, "max_position_embeddings", None))
 
 
 def load_causal_lm(name_or_path: str = "gpt2-large", dtype: Any = jnp.float32) -> CausalLM:
@@ -121,6 +125,8 @@ def token_nlls(texts: Sequence[str], lm: CausalLM, *, batch_size: int = 16,
   if empty:
     raise ValueError(f"texts {empty[:10]} have no tokens, so their perplexity is undefined; drop empty "
                      "texts first (evaluate_texts skips and counts them)")
+  if lm.max_positions is not None:  # A model with learned positions cannot read past them.
+    max_length = lm.max_positions if max_length is None else min(max_length, lm.max_positions)
   if max_length is not None:
     ids = [x[:max_length] for x in ids]
   longest = max(len(x) for x in ids) if ids else 1

@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers: quality (end to end) and speed."""

@@ -1,0 +1,250 @@
+r"""The offline quality benchmark: train and evaluate LD4LG, its no-self-conditioning ablation and an AR
+baseline end to end, with control rows, and print one table.
+
+  python -m ldlg.benchmarks.quality --workdir=runs/quality --data_dir=../shared/data            # ~1 h, 2 CPU cores
+  python -m ldlg.benchmarks.quality --workdir=runs/quality_gpu --data_dir=... --preset=gpu        # accelerator
+
+Per dataset (default: SST; reference for MAUVE = its validation split, never the withheld test split):
+  * our own tokenizer + BART autoencoder (reconstruction: exact match and BLEU on held-out sentences);
+  * LD4LG with self-conditioning, LD4LG without (the paper's ablation), both class-conditional on SST and
+    sampled with balanced classes (class accuracy of a MiniLM logistic-regression probe on the samples);
+  * a GPT-2 baseline of matched parameter count, same steps and at most the same training wall time;
+  * control rows scored by the same code: human training text, and the same text word-shuffled.
+Metrics (ldlg/evaluate.py, DESIGN.md §6): MAUVE on MiniLM features, perplexity under an AR judge (a second
+GPT-2 trained on the training split with another seed), diversity, memorization, unique tokens: mean ± std over
+`num_draws` sample sets. Every stage resumes: re-running the command skips what is done.
+`--reuse_autoencoder=<dataset>=<workdir>` reuses a finished pipeline workdir's autoencoder reconstruction row
+(e.g. the README main job's E2E run) instead of training one.
+"""
+
+import json
+import os
+import pathlib
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+import numpy as np
+
+from ldlg import pipeline
+from ldlg.workdir import Workdir
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/quality", "Where every run of the benchmark goes.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw data folder (<dataset>/...); else $LDLG_DATA_DIR.")
+_PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "gpu", "smoke"],
+                            "Budget: cpu (~1 h on 2 cores), gpu, or smoke (minutes; checks the plumbing only).")
+_DATASETS = flags.DEFINE_list("datasets", ["sst"], "Datasets to train and sample on (MAUVE table rows).")
+_REUSE = flags.DEFINE_list("reuse_autoencoder", [],
+                           "dataset=workdir pairs: report the reconstruction of a finished pipeline run.")
+
+PRESETS = {
+    # steps: every model's training steps; num_draws x draw_size samples per row.
+    "cpu": dict(ae_steps=1500, steps=1500, num_draws=5, draw_size=200, sample_steps=250),
+    "gpu": dict(ae_steps=20000, steps=50000, num_draws=5, draw_size=1000, sample_steps=250),
+    "smoke": dict(ae_steps=20, steps=10, num_draws=2, draw_size=4, sample_steps=10, max_examples=300),
+}
+
+
+def dataset_config(dataset: str, preset: dict, *, self_condition: bool) -> ml_collections.ConfigDict:
+  import importlib
+  config = importlib.import_module(f"configs.{dataset}").get_config("cpu")
+  config.autoencoder.num_steps = preset["ae_steps"]
+  config.train.update(num_steps=preset["steps"], sample_every=0)
+  config.sample.update(num_samples=preset["num_draws"] * preset["draw_size"], num_steps=preset["sample_steps"])
+  config.eval.update(num_draws=preset["num_draws"], featurizer="minilm")
+  config.data.max_examples = preset.get("max_examples", 0)
+  if not self_condition:
+    config.diffusion.self_condition_prob = 0.0
+  if preset is PRESETS["gpu"]:
+    config.model.update(dim=768, num_layers=12, num_heads=12)
+  return config
+
+
+def _link_shared_stages(src: Workdir, dst: Workdir) -> None:
+  """The ablation shares the autoencoder, datasets and latents of the main run (they do not depend on it)."""
+  dst.root.mkdir(parents=True, exist_ok=True)
+  for name in ("autoencoder", "tfds", "latents"):
+    if not (dst.root / name).exists():
+      os.symlink(src.root / name, dst.root / name)
+
+
+def _read_json(path: pathlib.Path):
+  return json.loads(path.read_text())
+
+
+def _reconstruction_row(wd: Workdir) -> dict:
+  rec = _read_json(wd.autoencoder_dir / "reconstruction.json")["valid"]
+  paper = next(v for k, v in rec.items() if k.startswith("beam"))
+  return {"exact_match": paper["exact_match"], "bleu": paper["bleu"], "num_sentences": paper["num_sentences"]}
+
+
+def _timed(fn, *args, **kwargs):
+  t0 = time.perf_counter()
+  out = fn(*args, **kwargs)
+  return out, time.perf_counter() - t0
+
+
+def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dict:
+  """Every row of one dataset's table; each stage is skipped when its output exists."""
+  from ldlg import evaluate as evaluate_lib
+  from ldlg import from_config
+  from ldlg.baselines import ar_model
+  from ldlg.baselines import ar_sample
+  from ldlg.baselines import ar_train
+  from ldlg.evaluation import classifier as classifier_lib
+  from ldlg.evaluation import featurizers
+  from ldlg.evaluation import perplexity
+  from ldlg.models import count_params
+  import jax
+  import transformers
+
+  results_file = root / dataset / "results.json"
+  results = _read_json(results_file) if results_file.exists() else {"rows": {}, "wall_seconds": {}}
+
+  def save():
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=2))
+
+  sc_config = dataset_config(dataset, preset, self_condition=True)
+  sc = Workdir(root / dataset / "ld4lg")
+  nosc = Workdir(root / dataset / "ld4lg_no_self_cond")
+
+  # 1. Autoencoder and latents (shared by both LD4LG rows), then the two diffusion models.
+  for stage in ("pretrain_autoencoder", "precompute"):
+    if not pipeline.stage_done(stage, sc_config, sc):
+      _, seconds = _timed(pipeline.run, stage, sc_config, sc.root, data_dir=data_dir)
+      results["wall_seconds"][stage] = seconds
+      save()
+  results["reconstruction"] = _reconstruction_row(sc)
+  _link_shared_stages(sc, nosc)
+  nosc_config = dataset_config(dataset, preset, self_condition=False)
+  for name, wd, config in (("ld4lg", sc, sc_config), ("ld4lg_no_self_cond", nosc, nosc_config)):
+    for stage in ("train", "sample"):
+      if not pipeline.stage_done(stage, config, wd):
+        _, seconds = _timed(pipeline.run, stage, config, wd.root, data_dir=data_dir)
+        results["wall_seconds"][f"{name}_{stage}"] = seconds
+        save()
+
+  # 2. The AR baseline (matched size, same steps, at most LD4LG's training time) and the AR judge.
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(sc.autoencoder_dir))
+  train_records = pipeline.load_texts(sc_config, data_dir, sc, sc_config.data.train_split)
+  train_texts = [r["text"] for r in train_records]
+  valid_records = pipeline.load_texts(sc_config, data_dir, sc, sc_config.data.eval_split)
+  reference = [r["text"] for r in valid_records]
+  model = from_config.build_denoiser(sc_config)
+  denoiser_params = count_params(from_config.init_denoiser_params(sc_config, model, jax.random.PRNGKey(0),
+                                                                  abstract=True))
+  ar_cfg = ar_model.default_ar_config()
+  ar_cfg.model, ar_params = ar_model.matched_gpt2_config(denoiser_params, len(tokenizer),
+                                                         sc_config.data.max_length)
+  ld4lg_train_seconds = results["wall_seconds"].get("ld4lg_train")
+  for name, seed, cap in (("ar_baseline", 0, ld4lg_train_seconds), ("ar_judge", 1, None)):
+    out = root / dataset / name
+    if not (out / "ar_result.json").exists():
+      ar_cfg.seed = seed
+      result = ar_train.train_ar_baseline(ar_cfg, train_texts, tokenizer, out, max_steps=preset["steps"],
+                                          max_seconds=cap, valid_texts=reference[:500])
+      (out / "ar_result.json").write_text(json.dumps(result, indent=2, default=str))
+    results["wall_seconds"][f"{name}_train"] = _read_json(out / "ar_result.json")["seconds"]
+  results["params"] = {"denoiser": denoiser_params, "ar_baseline": ar_params}
+  save()
+
+  # 3. Samples of every row.
+  num = preset["num_draws"] * preset["draw_size"]
+  rng = np.random.default_rng(0)
+  human_idx = rng.choice(len(train_records), size=min(num, len(train_records)), replace=False)
+  rows = {
+      "human (train)": ([train_texts[i] for i in human_idx], None),
+      "human word-shuffled": (evaluate_lib.shuffle_words([train_texts[i] for i in human_idx]), None),
+  }
+  for name, wd in (("LD4LG", sc), ("LD4LG w/o self-cond", nosc)):
+    records = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
+    rows[name] = ([r["text"] for r in records], [r.get("class_id") for r in records])
+  ar_out = root / dataset / "ar_baseline"
+  if not (ar_out / "samples.json").exists():
+    ar, ar_p, ar_tok = ar_train.load_ar_baseline(ar_out)
+    texts, seconds = _timed(ar_sample.sample_ar, ar, ar_p, ar_tok, num, seed=0,
+                            max_length=sc_config.data.max_length)
+    (ar_out / "samples.json").write_text(json.dumps(texts))
+    results["wall_seconds"]["ar_baseline_sample"] = seconds
+  rows["GPT-2 baseline"] = (_read_json(ar_out / "samples.json"), None)
+
+  # 4. Scores, all by the same code.
+  featurizer = featurizers.get_featurizer("minilm")
+  judge = perplexity.load_causal_lm(str(root / dataset / "ar_judge"))
+  classifier = None
+  if sc_config.model.num_classes > 0:
+    classifier = classifier_lib.train_classifier(train_texts, [r["label"] for r in train_records], featurizer)
+    results["classifier_accuracy_on_real_validation"] = classifier.accuracy(
+        reference, [r["label"] for r in valid_records])
+  for name, (texts, labels) in rows.items():
+    if name in results["rows"]:
+      continue
+    use_labels = labels if classifier is not None and labels and labels[0] is not None else None
+    results["rows"][name] = evaluate_lib.evaluate_draws(
+        texts, reference, train_texts, featurizer=featurizer, num_draws=preset["num_draws"], ppl_model=judge,
+        sample_labels=use_labels, classifier=classifier if use_labels else None)
+    save()
+  return results
+
+
+def format_table(all_results: dict, preset_name: str) -> str:
+  lines = []
+  for dataset, res in all_results.items():
+    if "rows" not in res:
+      rec = res["reconstruction"]
+      lines.append(f"\n{dataset}: autoencoder reconstruction on held-out sentences: exact match "
+                   f"{rec['exact_match']:.1%}, BLEU {rec['bleu']:.1f} ({rec['num_sentences']} sentences)")
+      continue
+    rec = res["reconstruction"]
+    lines.append(f"\n### {dataset} ({preset_name} preset; MAUVE features: MiniLM; perplexity judge: GPT-2 "
+                 f"trained on {dataset} train)")
+    lines.append(f"Autoencoder reconstruction (held-out): exact match {rec['exact_match']:.1%}, "
+                 f"BLEU {rec['bleu']:.1f}. Params: denoiser {res['params']['denoiser']:,}, "
+                 f"GPT-2 baseline {res['params']['ar_baseline']:,}.")
+    has_acc = any("class_accuracy" in r for r in res["rows"].values())
+    header = "| row | MAUVE | perplexity | diversity | memorization | unique tokens |" + (
+        " class acc. |" if has_acc else "") + " train wall time |"
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    times = {"LD4LG": res["wall_seconds"].get("ld4lg_train"),
+             "LD4LG w/o self-cond": res["wall_seconds"].get("ld4lg_no_self_cond_train"),
+             "GPT-2 baseline": res["wall_seconds"].get("ar_baseline_train")}
+    for name, m in res["rows"].items():
+      cell = lambda k, f="{:.3f}": (f + " ± " + f).format(m[k]["mean"], m[k]["std"]) if k in m else "–"
+      row = (f"| {name} | {cell('mauve')} | {cell('perplexity', '{:.1f}')} | {cell('diversity')} | "
+             f"{cell('memorization')} | {cell('unique_tokens', '{:.0f}')} |")
+      if has_acc:
+        row += f" {cell('class_accuracy')} |"
+      seconds = times.get(name)
+      row += f" {seconds / 60:.1f} min |" if seconds else " – |"
+      lines.append(row)
+    if "classifier_accuracy_on_real_validation" in res:
+      lines.append(f"Classifier accuracy on real validation sentences: "
+                   f"{res['classifier_accuracy_on_real_validation']:.3f}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  data_dir = _DATA_DIR.value or os.environ.get("LDLG_DATA_DIR")
+  root = pathlib.Path(_WORKDIR.value).absolute()
+  preset = PRESETS[_PRESET.value]
+  all_results = {}
+  t0 = time.perf_counter()
+  for pair in _REUSE.value:
+    dataset, path = pair.split("=", 1)
+    all_results[dataset] = {"reconstruction": _reconstruction_row(Workdir(pathlib.Path(path)))}
+  for dataset in _DATASETS.value:
+    all_results[dataset] = run_dataset(dataset, root, data_dir, preset)
+  table = format_table(all_results, _PRESET.value)
+  (root / "table.md").write_text(table + "\n")
+  (root / "results.json").write_text(json.dumps(all_results, indent=2))
+  print(table)
+  print(f"\nTotal wall time of this invocation: {(time.perf_counter() - t0) / 60:.1f} min; "
+        f"written to {root / 'table.md'}")
+
+
+if __name__ == "__main__":
+  app.run(main)
