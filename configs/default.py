@@ -1,7 +1,11 @@
 r"""Paper defaults for LD4LG (Lovelace et al., NeurIPS 2023, first version) on `facebook/bart-base`.
 
-Not run on its own: the per-dataset files (`e2e.py`, `rocstories.py`, `sst.py`, `ag_news.py`) start from this and
-set the data section. Every field is documented where it is used:
+The per-dataset files (`e2e.py`, `rocstories.py`, `sst.py`, `ag_news.py`) start from this and set the data section;
+run as is, it is the paper's E2E setting, the same as `configs/e2e.py`:
+  python -m ldlg.main --config=configs/default.py --workdir=runs/e2e --mode=pipeline --data_dir=../shared/data
+  Hardware: an accelerator (launch/gpu.sh, launch/tpu_pod.sh); time and results: see configs/e2e.py.
+
+Every field is documented where it is used:
 
   data         which dataset, splits, and how latents are stored     (ldlg/data)
   autoencoder  frozen BART: hub name or local dir, or pretrain our own (ldlg/autoencoder)

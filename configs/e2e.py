@@ -2,8 +2,9 @@ r"""E2E restaurant descriptions, unconditional (paper Table 1).
 
 Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 250 DDIM steps):
   python -m ldlg.main --config=configs/e2e.py --workdir=runs/e2e --mode=pipeline --data_dir=../shared/data
-  Hardware: one A6000-class GPU or a TPU v3-8; about 1-2 days on one GPU.
-  Should reach (paper, MAUVE with gpt2-large features): MAUVE ~0.7+, perplexity ~3-4 under GPT-2 large.
+  Hardware: an accelerator (one GPU or a TPU slice; launch/gpu.sh, launch/tpu_pod.sh). Not yet run by this
+  project: its time and results will be measured on the first GPU session and recorded in the README.
+  The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
 
 Offline CPU setting (`:cpu`): the project's own tokenizer + small BART autoencoder trained on E2E, then a small
 denoiser. This is the README's main job.

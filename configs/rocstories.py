@@ -2,7 +2,9 @@ r"""ROCStories five-sentence stories, unconditional (paper Table 1).
 
 Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 250 DDIM steps):
   python -m ldlg.main --config=configs/rocstories.py --workdir=runs/rocstories --mode=pipeline --data_dir=../shared/data
-  Hardware: one A6000-class GPU or a TPU v3-8; about 1-2 days on one GPU.
+  Hardware: an accelerator (one GPU or a TPU slice; launch/gpu.sh, launch/tpu_pod.sh). Not yet run by this
+  project: its time and results will be measured on the first GPU session and recorded in the README.
+  The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
   ROCStories has no train split locally (see shared/data/rocstories/SOURCE.md): locally this trains on the
   1,000-story validation pool and evaluates on the 4,000-story test pool. With the full corpus set train_split=train.
 Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corpus, then a small denoiser.

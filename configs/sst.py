@@ -2,7 +2,9 @@ r"""Sentence-level SST, binary sentiment, class-conditional (paper Table 5).
 
 Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 250 DDIM steps):
   python -m ldlg.main --config=configs/sst.py --workdir=runs/sst --mode=pipeline --data_dir=../shared/data
-  Hardware: one A6000-class GPU or a TPU v3-8; about 1-2 days on one GPU.
+  Hardware: an accelerator (one GPU or a TPU slice; launch/gpu.sh, launch/tpu_pod.sh). Not yet run by this
+  project: its time and results will be measured on the first GPU session and recorded in the README.
+  The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
 
 Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corpus, then a small denoiser.
   python -m ldlg.main --config=configs/sst.py:cpu --workdir=runs/sst_cpu --mode=pipeline --data_dir=../shared/data

@@ -1,0 +1,54 @@
+"""Every config file builds, has the documented shape, and its linked fields stay linked after overrides."""
+
+import importlib
+
+import jax
+import pytest
+
+from ldlg import from_config
+from ldlg.data import datasets
+from ldlg.models import count_params
+
+CONFIGS = [("default", None), ("tiny", None)] + [(n, v) for n in ("e2e", "rocstories", "sst", "ag_news")
+                                                  for v in (None, "cpu")]
+
+
+@pytest.mark.parametrize("name,variant", CONFIGS)
+def test_config_builds_a_model_of_its_data(name, variant):
+  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  assert config.data.name in datasets.DATASETS
+  spec, _ = datasets.get_spec(config.data.name)
+  assert config.model.num_classes in (0, spec.num_classes)
+  assert config.model.max_len >= config.data.max_length
+  assert config.autoencoder.max_decode_length == config.data.max_length + 1
+  assert config.train.batch_size % 2 == 0  # Runs on the 2 forced CPU devices of the tests too.
+  model = from_config.build_denoiser(config)
+  abstract = from_config.init_denoiser_params(config, model, jax.random.PRNGKey(0), abstract=True)
+  assert count_params(abstract) > 0
+  doc = importlib.import_module(f"configs.{name}").__doc__
+  assert "python -m ldlg" in doc and "Hardware" in doc, f"configs/{name}.py docstring: command and hardware"
+
+
+def test_paper_defaults():
+  config = importlib.import_module("configs.e2e").get_config()
+  assert (config.model.dim, config.model.num_layers, config.model.num_heads) == (768, 12, 12)
+  assert config.model.latent_dim == 768 and config.autoencoder.name == "facebook/bart-base"
+  assert (config.diffusion.schedule, config.diffusion.num_timesteps, config.diffusion.objective) == (
+      "linear", 1000, "x0")
+  assert (config.sample.sampler, config.sample.num_steps) == ("ddim", 250)
+  assert (config.autoencoder.num_beams, config.autoencoder.repetition_penalty,
+          config.autoencoder.no_repeat_ngram_size) == (4, 1.2, 3)
+  assert config.diffusion.self_condition_prob == 0.5 and config.train.ema_decay == 0.9999
+
+
+def test_cpu_variant_links_latent_width_to_the_autoencoder():
+  config = importlib.import_module("configs.e2e").get_config("cpu")
+  config.autoencoder.d_model = 96
+  config.data.max_length = 40
+  assert config.model.latent_dim == 96 and config.autoencoder.max_length == 40
+  assert config.autoencoder.max_decode_length == 41
+
+
+def test_unknown_variant_is_an_error():
+  with pytest.raises(ValueError, match="unknown variant 'gpu'.*':cpu'"):
+    importlib.import_module("configs.sst").get_config("gpu")
