@@ -21,6 +21,8 @@ from ldlg.workdir import save_or_check_config
 
 STAGES = ("pretrain_autoencoder", "precompute", "train", "sample", "evaluate")
 MODES = STAGES + ("pipeline",)
+# Stages that run on process 0 only in a multi-host job; training runs on every host (pmap, sharded data).
+SINGLE_HOST_STAGES = ("pretrain_autoencoder", "precompute", "sample", "evaluate")
 
 
 def load_texts(config, data_dir, workdir: Workdir, split: str) -> list[dict]:
@@ -146,4 +148,11 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
       logging.info("Stage %s: already done in %s.", stage, wd.root)
       continue
     logging.info("Stage %s: running.", stage)
-    _RUN[stage](config, wd, data_dir)
+    if stage in SINGLE_HOST_STAGES and jax.process_count() > 1:
+      # One host writes the shared workdir; the others wait for it rather than racing on the same files.
+      from jax.experimental import multihost_utils
+      if jax.process_index() == 0:
+        _RUN[stage](config, wd, data_dir)
+      multihost_utils.sync_global_devices(f"ldlg stage {stage}")
+    else:
+      _RUN[stage](config, wd, data_dir)
