@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ldlg.diffusion import denoise_fn as denoise_fn_lib
-from ldlg.diffusion import losses
-from ldlg.diffusion import samplers
-from ldlg.diffusion import schedules
-from ldlg.models import Denoiser
-from ldlg.workdir import Workdir
+from ldlg.methods.gaussian import denoise_fn as denoise_fn_lib
+from ldlg.methods.gaussian import losses
+from ldlg.methods.gaussian import samplers
+from ldlg.methods.gaussian import schedules
+from ldlg.networks import Denoiser
+from ldlg.engine.workdir import Workdir
 
 
 def build_denoiser(config: ml_collections.ConfigDict) -> Denoiser:
@@ -42,7 +42,7 @@ def build_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
 
 
 def build_loss_fn(config: ml_collections.ConfigDict, model: Denoiser, *, train: bool = True):
-  """loss_fn(params, rng, batch) -> (loss, metrics); see ldlg.diffusion.losses.make_loss_fn."""
+  """loss_fn(params, rng, batch) -> (loss, metrics); see ldlg.methods.gaussian.losses.make_loss_fn."""
   return losses.loss_fn_from_config(denoise_fn_lib.denoise_fn_from_module(model), build_schedule(config),
                                     config.diffusion, num_classes=config.model.num_classes, train=train)
 
@@ -106,7 +106,7 @@ def autoencoder_path(config: ml_collections.ConfigDict, workdir: Workdir) -> str
 
 
 def load_autoencoder(config: ml_collections.ConfigDict, workdir: Workdir):
-  from ldlg.autoencoder.autoencoder import Autoencoder
+  from ldlg.codecs.bart.autoencoder import Autoencoder
   path = autoencoder_path(config, workdir)
   if config.autoencoder.pretrain and not (workdir.autoencoder_dir / "config.json").exists():
     raise FileNotFoundError(

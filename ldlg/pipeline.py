@@ -16,8 +16,8 @@ from absl import logging
 import jax
 import ml_collections
 
-from ldlg.workdir import Workdir
-from ldlg.workdir import save_or_check_config
+from ldlg.engine.workdir import Workdir
+from ldlg.engine.workdir import save_or_check_config
 
 STAGES = ("pretrain_autoencoder", "precompute", "train", "sample", "evaluate")
 MODES = STAGES + ("pipeline",)
@@ -38,7 +38,7 @@ def pretrain_autoencoder(config, workdir: Workdir, data_dir) -> None:
   if not config.autoencoder.pretrain:
     logging.info("config.autoencoder.pretrain is False: using the pretrained %s.", config.autoencoder.name)
     return
-  from ldlg.autoencoder import pretrain
+  from ldlg.codecs.bart import pretrain
   train = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.train_split)]
   valid = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.eval_split)]
   result = pretrain.pretrain_autoencoder(config.autoencoder, train, valid,
@@ -77,7 +77,7 @@ def sample(config, workdir: Workdir, data_dir) -> None:
 
 def evaluate(config, workdir: Workdir, data_dir) -> None:
   """Scores samples.jsonl against the eval split (MAUVE) and the train split (memorization, classifier)."""
-  from ldlg import evaluate as evaluate_lib
+  from ldlg.evaluation import evaluate as evaluate_lib
   from ldlg.evaluation import classifier as classifier_lib
   from ldlg.evaluation import featurizers
   from ldlg.evaluation import perplexity
@@ -113,7 +113,7 @@ def stage_done(stage: str, config, workdir: Workdir) -> bool:
         return False
     return True
   if stage == "train":
-    from ldlg import checkpointing
+    from ldlg.engine import checkpoints as checkpointing
     if not workdir.checkpoint_dir.exists():
       return False
     ckpt = checkpointing.Checkpointer(workdir.checkpoint_dir)

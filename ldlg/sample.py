@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ldlg import checkpointing
+from ldlg.engine import checkpoints as checkpointing
 from ldlg import from_config
-from ldlg.workdir import Workdir
+from ldlg.engine.workdir import Workdir
 
 
 @dataclasses.dataclass
@@ -134,7 +134,7 @@ class TextSampler:
 
 def _full_target(config, abstract_params):
   """The abstract saved state (optimizer state included) to restore a checkpoint into."""
-  from ldlg import train_state as train_state_lib
+  from ldlg.engine import train_state as train_state_lib
   tx = train_state_lib.make_optimizer(config.optim, config.train.num_steps)
   opt_state = jax.eval_shape(tx.init, abstract_params)
   return {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,

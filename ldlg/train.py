@@ -19,11 +19,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ldlg import checkpointing
+from ldlg.engine import checkpoints as checkpointing
 from ldlg import from_config
-from ldlg import metric_writer
-from ldlg import train_state as train_state_lib
-from ldlg.workdir import Workdir
+from ldlg.engine import metric_writer
+from ldlg.engine import train_state as train_state_lib
+from ldlg.engine.workdir import Workdir
 
 AXIS = "batch"
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from ldlg import train as train_lib
-from ldlg import train_state as train_state_lib
-from ldlg.baselines import ar_model
-from ldlg.baselines import ar_sample
-from ldlg.baselines import ar_train
+from ldlg.engine import train_state as train_state_lib
+from ldlg.methods.autoregressive import model as ar_model
+from ldlg.methods.autoregressive import sampler as ar_sample
+from ldlg.methods.autoregressive import train as ar_train
 from ldlg.data import testing as data_testing
 from ldlg.evaluation import perplexity
 

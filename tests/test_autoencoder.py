@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import transformers
 
-from ldlg.autoencoder import autoencoder as autoencoder_lib
-from ldlg.autoencoder import corruption
-from ldlg.autoencoder import pretrain
-from ldlg.autoencoder import tokenizer as tokenizer_lib
+from ldlg.codecs.bart import autoencoder as autoencoder_lib
+from ldlg.codecs.bart import corruption
+from ldlg.codecs.bart import pretrain
+from ldlg.codecs.bart import tokenizer as tokenizer_lib
 
 MAX_LENGTH = 48
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import transformers
 
-from ldlg.autoencoder import beam_search
-from ldlg.autoencoder import decoder_step
-from ldlg.autoencoder import processors
+from ldlg.codecs.bart import beam_search
+from ldlg.codecs.bart import decoder_step
+from ldlg.codecs.bart import processors
 
 START, BOS, PAD, EOS = 2, 0, 1, 2
 

@@ -7,7 +7,7 @@ import pytest
 
 from ldlg import from_config
 from ldlg.data import datasets
-from ldlg.models import count_params
+from ldlg.networks import count_params
 
 CONFIGS = [("default", None), ("tiny", None)] + [(n, v) for n in ("e2e", "rocstories", "sst", "ag_news")
                                                   for v in (None, "cpu")]

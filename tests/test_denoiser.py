@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ldlg.models import Denoiser, count_params
-from ldlg.models.attention import relative_position_bucket
+from ldlg.networks import Denoiser, count_params
+from ldlg.networks.attention import relative_position_bucket
 
 LATENT, DIM, LAYERS, HEADS, MAX_LEN, B, L = 16, 32, 2, 2, 12, 4, 10
 TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=LAYERS, num_heads=HEADS, max_len=MAX_LEN)

@@ -8,12 +8,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ldlg.diffusion import parameterization as P
-from ldlg.diffusion.denoise_fn import denoise_fn_from_module
-from ldlg.diffusion.losses import loss_fn_from_config, make_loss_fn
-from ldlg.diffusion.samplers import mask_from_lengths
-from ldlg.diffusion.schedules import get_schedule
-from ldlg.models.denoiser import Denoiser
+from ldlg.methods.gaussian import parameterization as P
+from ldlg.methods.gaussian.denoise_fn import denoise_fn_from_module
+from ldlg.methods.gaussian.losses import loss_fn_from_config, make_loss_fn
+from ldlg.methods.gaussian.samplers import mask_from_lengths
+from ldlg.methods.gaussian.schedules import get_schedule
+from ldlg.networks.denoiser import Denoiser
 
 T = 1000
 SCHEDULE = get_schedule("linear", T)

@@ -10,7 +10,7 @@ import pytest
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from ldlg import evaluate
+from ldlg.evaluation import evaluate
 from ldlg.evaluation import batching
 from ldlg.evaluation import classifier as classifier_lib
 from ldlg.evaluation import featurizers

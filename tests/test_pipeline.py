@@ -8,7 +8,7 @@ import pytest
 from configs import tiny
 from ldlg import pipeline
 from ldlg import sample as sample_lib
-from ldlg.workdir import Workdir
+from ldlg.engine.workdir import Workdir
 
 
 @pytest.mark.slow

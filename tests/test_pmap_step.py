@@ -10,11 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from ldlg.diffusion.denoise_fn import denoise_fn_from_module
-from ldlg.diffusion.losses import make_loss_fn
-from ldlg.diffusion.samplers import mask_from_lengths
-from ldlg.diffusion.schedules import get_schedule
-from ldlg.models.denoiser import Denoiser
+from ldlg.methods.gaussian.denoise_fn import denoise_fn_from_module
+from ldlg.methods.gaussian.losses import make_loss_fn
+from ldlg.methods.gaussian.samplers import mask_from_lengths
+from ldlg.methods.gaussian.schedules import get_schedule
+from ldlg.networks.denoiser import Denoiser
 
 NUM_CLASSES = 2
 

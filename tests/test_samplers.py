@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ldlg.diffusion import parameterization as P
-from ldlg.diffusion.samplers import (make_sampler, mask_from_lengths, sampler_from_config,
+from ldlg.methods.gaussian import parameterization as P
+from ldlg.methods.gaussian.samplers import (make_sampler, mask_from_lengths, sampler_from_config,
                                      sampling_timesteps, update_coefficients)
-from ldlg.diffusion.schedules import get_schedule
+from ldlg.methods.gaussian.schedules import get_schedule
 
 T = 1000
 SCHEDULE = get_schedule("linear", T)

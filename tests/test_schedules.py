@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ldlg.diffusion import parameterization as P
-from ldlg.diffusion.schedules import (SCHEDULES, get_schedule, q_posterior_mean_variance, q_sample,
+from ldlg.methods.gaussian import parameterization as P
+from ldlg.methods.gaussian.schedules import (SCHEDULES, get_schedule, q_posterior_mean_variance, q_sample,
                                       schedule_from_config)
 
 

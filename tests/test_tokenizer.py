@@ -3,7 +3,7 @@ loading through AutoTokenizer, and exact round trips on real sentences."""
 import pytest
 import transformers
 
-from ldlg.autoencoder import tokenizer as tokenizer_lib
+from ldlg.codecs.bart import tokenizer as tokenizer_lib
 
 
 def read_e2e_sentences(data_dir, split: str = "valid") -> list[str]:

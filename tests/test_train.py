@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from ldlg import checkpointing
+from ldlg.engine import checkpoints as checkpointing
 from ldlg import from_config
 from ldlg import pipeline
 from ldlg import train as train_lib
-from ldlg import train_state as train_state_lib
+from ldlg.engine import train_state as train_state_lib
 from ldlg.data import precompute as precompute_lib
 from ldlg.data import testing as data_testing
-from ldlg.workdir import Workdir
+from ldlg.engine.workdir import Workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from ldlg import pipeline
-from ldlg.workdir import Workdir
+from ldlg.engine.workdir import Workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quality", "Where every run of the benchmark goes.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw data folder (<dataset>/...); else $LDLG_DATA_DIR.")
@@ -88,15 +88,15 @@ def _timed(fn, *args, **kwargs):
 
 def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dict:
   """Every row of one dataset's table; each stage is skipped when its output exists."""
-  from ldlg import evaluate as evaluate_lib
+  from ldlg.evaluation import evaluate as evaluate_lib
   from ldlg import from_config
-  from ldlg.baselines import ar_model
-  from ldlg.baselines import ar_sample
-  from ldlg.baselines import ar_train
+  from ldlg.methods.autoregressive import model as ar_model
+  from ldlg.methods.autoregressive import sampler as ar_sample
+  from ldlg.methods.autoregressive import train as ar_train
   from ldlg.evaluation import classifier as classifier_lib
   from ldlg.evaluation import featurizers
   from ldlg.evaluation import perplexity
-  from ldlg.models import count_params
+  from ldlg.networks import count_params
   import jax
   import transformers
 

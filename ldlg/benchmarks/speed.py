@@ -19,8 +19,8 @@ from ml_collections import config_flags
 
 from ldlg import from_config
 from ldlg import train as train_lib
-from ldlg import train_state as train_state_lib
-from ldlg.models import count_params
+from ldlg.engine import train_state as train_state_lib
+from ldlg.networks import count_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/e2e.py:cpu", "Config to benchmark.")
 _LENGTH = flags.DEFINE_integer("length", 32, "Tokens per training sequence (all valid).")

@@ -21,8 +21,8 @@ from typing import Any, Callable, Union
 import jax
 import jax.numpy as jnp
 
-from ldlg.autoencoder import decoder_step as decoder_lib
-from ldlg.autoencoder import processors
+from ldlg.codecs.bart import decoder_step as decoder_lib
+from ldlg.codecs.bart import processors
 
 StepFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 _NEG = -1.0e9  # HF's stand-in for "impossible" beam scores (kept finite so sums stay ordered).

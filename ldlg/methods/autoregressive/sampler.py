@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldlg.baselines import ar_model
+from ldlg.methods.autoregressive import model as ar_model
 
 
 def nucleus_logits(logits: jax.Array, top_p: float) -> jax.Array:

@@ -30,10 +30,10 @@ import orbax.checkpoint as ocp
 import tqdm
 import transformers
 
-from ldlg.autoencoder import autoencoder as autoencoder_lib
-from ldlg.autoencoder import corruption
-from ldlg.autoencoder import reconstruction
-from ldlg.autoencoder import tokenizer as tokenizer_lib
+from ldlg.codecs.bart import autoencoder as autoencoder_lib
+from ldlg.codecs.bart import corruption
+from ldlg.codecs.bart import reconstruction
+from ldlg.codecs.bart import tokenizer as tokenizer_lib
 from ldlg.data.step_batches import batch_indices
 
 

@@ -23,9 +23,9 @@ Choices the paper leaves open, and why:
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ldlg.models.attention import RelativePositionBias
-from ldlg.models.blocks import DenoiserBlock
-from ldlg.models.embeddings import TimeEmbedding
+from ldlg.networks.attention import RelativePositionBias
+from ldlg.networks.blocks import DenoiserBlock
+from ldlg.networks.embeddings import TimeEmbedding
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

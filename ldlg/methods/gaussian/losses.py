@@ -14,9 +14,9 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from ldlg.diffusion import parameterization as param_lib
-from ldlg.diffusion.denoise_fn import DenoiseFn
-from ldlg.diffusion.schedules import Schedule, q_sample
+from ldlg.methods.gaussian import parameterization as param_lib
+from ldlg.methods.gaussian.denoise_fn import DenoiseFn
+from ldlg.methods.gaussian.schedules import Schedule, q_sample
 
 LOSS_TYPES = ("l2", "l1")
 LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]

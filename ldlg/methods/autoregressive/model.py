@@ -40,7 +40,7 @@ def default_ar_config() -> ml_collections.ConfigDict:
       dropout=0.1,     # Residual, embedding and attention dropout (GPT-2 uses one rate for all three).
   )
   c.model.n_positions = c.data.get_ref("max_length")
-  c.optim = d(  # As ldlg.train_state.make_optimizer reads it.
+  c.optim = d(  # As ldlg.engine.train_state.make_optimizer reads it.
       lr=5e-4,
       warmup_steps=200,
       schedule="cosine",  # Decays to 0 at max_steps (not at the wall-time cap, which is not known ahead).

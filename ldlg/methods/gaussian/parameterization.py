@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ldlg.diffusion.schedules import broadcast_to_rank
+from ldlg.methods.gaussian.schedules import broadcast_to_rank
 
 OBJECTIVES = ("x0", "eps", "v")
 

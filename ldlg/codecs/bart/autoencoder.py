@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
-from ldlg.autoencoder import beam_search
-from ldlg.autoencoder import decoder_step
+from ldlg.codecs.bart import beam_search
+from ldlg.codecs.bart import decoder_step
 
 DEFAULT_MODEL = "facebook/bart-base"
 
@@ -34,7 +34,7 @@ _OFFLINE_HINT = (
     "No pretrained BART can be downloaded on an offline machine. Either pass a local directory holding a "
     "Flax BART saved with save_pretrained (config.json, flax_model.msgpack and the tokenizer files), or "
     "train the project's own autoencoder with the autoencoder pretraining mode "
-    "(ldlg.autoencoder.pretrain.pretrain_autoencoder(cfg, texts_train, texts_valid, out_dir)) and pass "
+    "(ldlg.codecs.bart.pretrain.pretrain_autoencoder(cfg, texts_train, texts_valid, out_dir)) and pass "
     "its out_dir.")
 
 

@@ -33,11 +33,11 @@ import numpy as np
 import tqdm
 import transformers
 
-from ldlg import checkpointing
-from ldlg import metric_writer
+from ldlg.engine import checkpoints as checkpointing
+from ldlg.engine import metric_writer
 from ldlg import train as train_lib
-from ldlg import train_state as train_state_lib
-from ldlg.baselines import ar_model
+from ldlg.engine import train_state as train_state_lib
+from ldlg.methods.autoregressive import model as ar_model
 from ldlg.evaluation import batching
 from ldlg.evaluation import perplexity
 from ldlg.data.step_batches import batch_indices

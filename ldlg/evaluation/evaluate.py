@@ -11,7 +11,7 @@ MiniLM features barely see word order (DESIGN.md §6: word-shuffled human text s
 so always print control rows beside a model's row: `evaluate_texts` on held-out human text and on
 `shuffle_words(human text)`, with the same reference and featurizer.
 
-  from ldlg import evaluate
+  from ldlg.evaluation import evaluate
   from ldlg.evaluation import featurizers
   feats = featurizers.get_featurizer("auto")   # gpt2-large if available, else all-MiniLM-L6-v2
   metrics = evaluate.evaluate_texts(samples, reference, train_texts, featurizer=feats)

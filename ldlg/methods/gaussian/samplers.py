@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldlg.diffusion import parameterization as param_lib
-from ldlg.diffusion.denoise_fn import DenoiseFn
-from ldlg.diffusion.schedules import Schedule
+from ldlg.methods.gaussian import parameterization as param_lib
+from ldlg.methods.gaussian.denoise_fn import DenoiseFn
+from ldlg.methods.gaussian.schedules import Schedule
 
 SAMPLERS = ("ddim", "ddpm")
 SampleFn = Callable[..., Any]

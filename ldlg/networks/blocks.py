@@ -8,7 +8,7 @@ One pre-LN block (LD4LG Sec. 4):
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ldlg.models.attention import Attention
+from ldlg.networks.attention import Attention
 
 
 def _layer_norm(name: str, affine: bool = True) -> nn.LayerNorm:

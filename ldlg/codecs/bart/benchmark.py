@@ -1,4 +1,4 @@
-"""Encode / decode throughput of the BART autoencoder: `python -m ldlg.autoencoder.benchmark`.
+"""Encode / decode throughput of the BART autoencoder: `python -m ldlg.codecs.bart.benchmark`.
 
 Prints one JSON object: for a tiny config and a bart-base-sized config (random init: no weights can be
 downloaded here), sentences/s of `encode` and of `decode` (4 beams and greedy, both with the paper's
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 import transformers
 
-from ldlg.autoencoder import autoencoder as autoencoder_lib
-from ldlg.autoencoder import tokenizer as tokenizer_lib
+from ldlg.codecs.bart import autoencoder as autoencoder_lib
+from ldlg.codecs.bart import tokenizer as tokenizer_lib
 
 CONFIGS = {
     "tiny": dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
