@@ -1,0 +1,71 @@
+"""Data parallelism over the local devices (pmap with one axis name) and the helpers every method shares.
+
+A train or sample step runs under `jax.pmap(..., axis_name=AXIS)`. Code inside a step that needs a global
+quantity (the global token count of a token-mean loss, the global batch size) calls `global_sum`, which is
+`lax.psum` over the devices under pmap and the identity outside it, so the same loss function runs in a
+plain `jax.jit` (tests, evaluation) and under pmap without a flag.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXIS = "batch"
+
+
+def global_sum(x):
+  """Sum of `x` over the data-parallel devices of this step (the identity outside pmap)."""
+  try:
+    return jax.lax.psum(x, AXIS)
+  except NameError:  # Unbound axis name: not under pmap.
+    return x
+
+
+def global_mean(x):
+  """Mean of `x` over the data-parallel devices of this step (the identity outside pmap)."""
+  try:
+    return jax.lax.pmean(x, AXIS)
+  except NameError:
+    return x
+
+
+def device_index():
+  """This device's position on the data-parallel axis (0 outside pmap)."""
+  try:
+    return jax.lax.axis_index(AXIS)
+  except NameError:
+    return jnp.zeros((), jnp.int32)
+
+
+def replicate(tree, devices=None):
+  """One copy per local device (leading axis = device), for pmap.
+
+  Placed exactly as pmap places its outputs (a 1-D mesh named after the pmap axis), so the state that
+  comes back from step 1 has the same sharding as the one that went in and step 2 does not recompile.
+  """
+  devices = list(devices or jax.local_devices())
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), sharding), tree)
+
+
+def unreplicate(tree):
+  """The first device's copy. (flax.jax_utils.unreplicate returns a 1-device tree unchanged, with the
+  device axis still on, so it is not used here.)"""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def global_norm(tree) -> jax.Array:
+  """sqrt of the sum of squares of every leaf, in float32 (inf or NaN if any leaf is)."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def shard_batch(batch: dict, num_devices: int) -> dict:
+  """[G, ...] host arrays -> [num_devices, G / num_devices, ...] (contiguous shares)."""
+  def split(x):
+    x = np.asarray(x)
+    if x.shape[0] % num_devices:
+      raise ValueError(f"a batch of {x.shape[0]} does not split over {num_devices} devices; use a multiple")
+    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+  return {k: split(v) for k, v in batch.items()}
