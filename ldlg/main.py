@@ -9,6 +9,7 @@ Multi-host (TPU pod slices): pass --jax_distributed or set LDLG_DISTRIBUTED=1.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -16,6 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ldlg import pipeline
+from ldlg.engine import signals
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/e2e.py:cpu.",
                                           lock_config=True)
@@ -24,7 +26,14 @@ _MODE = flags.DEFINE_enum("mode", "pipeline", pipeline.MODES, "Which stage to ru
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw data folder holding <dataset>/...; else $LDLG_DATA_DIR.")
 _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
                                  "Call jax.distributed.initialize() (multi-host); also LDLG_DISTRIBUTED=1.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an anticipated error (bad input, missing "
+                             "stage output), not only its one-line message.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors a user can cause and fix (bad config values, missing files or stages, damaged checkpoints, non-finite
+# training): one line saying what and how to fix it, not a traceback (unless --verbose).
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+                FloatingPointError, OSError)
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -43,8 +52,18 @@ def main(argv):
     import jax
     jax.distributed.initialize()
   data_dir = _DATA_DIR.value or os.environ.get("LDLG_DATA_DIR") or None
-  logging.info("Config:\n%s", _CONFIG.value)
-  pipeline.run(_MODE.value, _CONFIG.value, _WORKDIR.value, data_dir=data_dir)
+  logging.debug("Config:\n%s", _CONFIG.value)
+  try:
+    pipeline.run(_MODE.value, _CONFIG.value, _WORKDIR.value, data_dir=data_dir)
+  except signals.Interrupted as e:
+    print(f"ldlg: interrupted: {e}. Everything done so far is saved; rerun the same command to resume.",
+          file=sys.stderr)
+    sys.exit(signals.EXIT_CODE_INTERRUPTED)
+  except _USER_ERRORS as e:
+    if _VERBOSE.value:
+      raise
+    print(f"ldlg: error: {type(e).__name__}: {e}\n(--verbose shows the traceback)", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

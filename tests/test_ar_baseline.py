@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ldlg import train as train_lib
+from ldlg.engine import parallel
 from ldlg.engine import train_state as train_state_lib
 from ldlg.methods.autoregressive import model as ar_model
 from ldlg.methods.autoregressive import sampler as ar_sample
@@ -126,11 +126,11 @@ def test_pmap_over_two_devices_equals_one(tok):
   results = []
   for devices, b in ((jax.local_devices()[:1], flat), (jax.local_devices()[:2], batch)):
     tx = train_state_lib.make_optimizer(cfg.optim, 10)
-    state = train_lib.replicate(train_state_lib.TrainState.create(params, tx), devices)
+    state = parallel.replicate(train_state_lib.TrainState.create(params, tx), devices)
     step = ar_train.make_p_train_step(model, jax.random.PRNGKey(1), ema_decay=0.0, ema_warmup=True,
                                       devices=devices)
     state, metrics = step(state, b)
-    results.append((float(metrics["loss"][0]), jax.device_get(train_lib.unreplicate(state).params)))
+    results.append((float(metrics["loss"][0]), jax.device_get(parallel.unreplicate(state).params)))
   np.testing.assert_allclose(results[0][0], float(nll_sum / count), rtol=1e-5)
   np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), results[0][1], results[1][1])
@@ -249,16 +249,19 @@ def test_wall_time_cap_sigterm_and_exact_resume(tok, tmp_path, monkeypatch):
   with monkeypatch.context() as m:
     m.setattr(ar_train, "make_batch", preempt_at_step_3)
     preempted = ar_train.train_ar_baseline(cfg, SENTENCES, tok, tmp_path / "a", max_steps=40)
-  assert preempted["stopped_by"] == "sigterm" and preempted["steps"] == 4 and preempted["resumed_from"] == 1
+  # Batches are built a step or two ahead (prefetched), so the signal sent while building step 3's batch stops
+  # the run after step 2, 3 or 4; wherever it stops, the rest must hold.
+  stopped = preempted["steps"]
+  assert preempted["stopped_by"] == "signal" and 2 <= stopped <= 4 and preempted["resumed_from"] == 1
   resumed = ar_train.train_ar_baseline(cfg, SENTENCES, tok, tmp_path / "a", max_steps=40)
   full = ar_train.train_ar_baseline(cfg, SENTENCES, tok, tmp_path / "b", max_steps=40)
   assert resumed["stopped_by"] == full["stopped_by"] == "max_steps" and resumed["steps"] == 40
-  assert resumed["resumed_from"] == 4 and resumed["seconds"] > preempted["seconds"] > capped["seconds"]
+  assert resumed["resumed_from"] == stopped and resumed["seconds"] > preempted["seconds"] > capped["seconds"]
   np.testing.assert_allclose(resumed["final_loss"], full["final_loss"], rtol=1e-5)
   _, pa, _ = ar_train.load_ar_baseline(tmp_path / "a")
   _, pb, _ = ar_train.load_ar_baseline(tmp_path / "b")
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), pa, pb)
   steps = [json.loads(l)["step"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-  assert steps == [1, 4, *range(5, 41, 5)]  # Each session logs its last step; none is logged twice.
+  assert steps == [1, stopped, *range(5, 41, 5)]  # Each session logs its last step; none is logged twice.
   with pytest.raises(FileNotFoundError, match="no trained AR baseline"):
     ar_train.load_ar_baseline(tmp_path / "missing")

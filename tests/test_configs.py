@@ -5,7 +5,7 @@ import importlib
 import jax
 import pytest
 
-from ldlg import from_config
+from ldlg.methods.gaussian.method import GaussianDiffusion
 from ldlg.data import datasets
 from ldlg.networks import count_params
 
@@ -22,8 +22,7 @@ def test_config_builds_a_model_of_its_data(name, variant):
   assert config.model.max_len >= config.data.max_length
   assert config.autoencoder.max_decode_length == config.data.max_length + 1
   assert config.train.batch_size % 2 == 0  # Runs on the 2 forced CPU devices of the tests too.
-  model = from_config.build_denoiser(config)
-  abstract = from_config.init_denoiser_params(config, model, jax.random.PRNGKey(0), abstract=True)
+  abstract = GaussianDiffusion.from_config(config).init_params(jax.random.PRNGKey(0), abstract=True)
   assert count_params(abstract) > 0
   doc = importlib.import_module(f"configs.{name}").__doc__
   assert "python -m ldlg" in doc and "Hardware" in doc, f"configs/{name}.py docstring: command and hardware"

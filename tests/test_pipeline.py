@@ -7,7 +7,7 @@ import pytest
 
 from configs import tiny
 from ldlg import pipeline
-from ldlg import sample as sample_lib
+from ldlg.methods.gaussian.text_sampler import TextSampler
 from ldlg.engine.workdir import Workdir
 
 
@@ -34,7 +34,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, data_dir, caplog):
   assert 0 < metrics["mauve"]["mean"] <= 1 and 0 <= metrics["memorization"]["mean"] <= 1
 
   # Same seed, same texts: sample again from the same checkpoint.
-  sampler = sample_lib.TextSampler.from_workdir(config, wd)
+  sampler = TextSampler.from_workdir(config, wd)
   again = sampler.sample(sampler.load_params(), num_samples=config.sample.num_samples, seed=config.sample.seed)
   assert [r["text"] for r in again] == [r["text"] for r in records]
 

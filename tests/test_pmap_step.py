@@ -1,4 +1,4 @@
-"""A data-parallel AdamW step over 2 CPU devices equals the 1-device step on the same global batch.
+"""The engine's data-parallel train step over 2 CPU devices equals the 1-device step on the same global batch.
 
 This is what the loss's per-example keys are for: each device passes the shared rng and its examples'
 global indices (axis_index * B_local + arange(B_local)), so every example draws the same t, noise and
@@ -7,9 +7,13 @@ coins on either layout, and pmean of the per-device equal-weight means is the gl
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 import pytest
 
+from ldlg.engine import parallel
+from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import trainer
 from ldlg.methods.gaussian.denoise_fn import denoise_fn_from_module
 from ldlg.methods.gaussian.losses import make_loss_fn
 from ldlg.methods.gaussian.samplers import mask_from_lengths
@@ -43,42 +47,34 @@ def test_two_device_step_equals_one_device_step():
   params = init(k_init)
   loss_fn = make_loss_fn(denoise_fn_from_module(model), get_schedule("linear", 100),
                          self_condition_prob=0.5, label_dropout=0.1, num_classes=NUM_CLASSES)
-  tx = optax.adamw(1e-3, weight_decay=0.01)
-  opt_state = jax.jit(tx.init)(params)  # jitted: eager init would compile once per leaf shape
+  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.01,
+                                         b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))
+  tx = train_state_lib.make_optimizer(optim, 10)
   rng = jax.random.PRNGKey(42)
+  # The engine's own pmapped step (what every training job runs), on 1 and on 2 devices.
+  job = trainer.TrainJob(init_params=None, loss_fn=loss_fn, batches=None, optim=optim, init_rng=rng, rng=rng,
+                         ema_decay=0.999)
+  # The 1-device step on the whole batch, with grads taken outside the engine for the gradient check.
+  (_, single_metrics), single_grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      params, jax.random.fold_in(rng, 0), dict(batch, example_index=jnp.arange(b)))
 
-  def train_step(params, opt_state, batch, rng, axis_name=None):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rng, batch)
-    if axis_name is not None:
-      grads = jax.lax.pmean(grads, axis_name)
-      metrics = jax.lax.pmean(metrics, axis_name)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), grads, metrics
+  def run(num_devices):
+    devices = jax.local_devices()[:num_devices]
+    state = parallel.replicate(train_state_lib.TrainState.create(params, tx), devices)
+    sharded = parallel.shard_batch(dict(jax.device_get(batch), example_index=np.arange(b)), num_devices)
+    state, metrics = trainer.make_p_train_step(job, devices)(state, sharded)
+    return jax.device_get((parallel.unreplicate(state).params, parallel.unreplicate(metrics)))
 
-  single_params, single_grads, single_metrics = jax.jit(train_step)(
-      params, opt_state, dict(batch, example_index=jnp.arange(b)), rng)
-
-  def device_step(params, opt_state, local_batch, rng):
-    b_local = local_batch["latents"].shape[0]
-    index = jax.lax.axis_index("batch") * b_local + jnp.arange(b_local)
-    return train_step(params, opt_state, dict(local_batch, example_index=index), rng, axis_name="batch")
-
-  sharded = jax.tree_util.tree_map(lambda x: np.reshape(x, (2, b // 2) + x.shape[1:]), batch)
-  p_params, p_grads, p_metrics = jax.pmap(
-      device_step, axis_name="batch", in_axes=(None, None, 0, None))(
-          params, opt_state, sharded, rng)
-
-  # Compare on the host: eager jnp ops here would compile once per leaf shape.
-  p_params, p_grads, p_metrics, single_params, single_grads, single_metrics = jax.device_get(
-      (p_params, p_grads, p_metrics, single_params, single_grads, single_metrics))
+  one_params, one_metrics = run(1)
+  p_params, p_metrics = run(2)
+  single_metrics, single_grads = jax.device_get((single_metrics, single_grads))
   for key in ("loss", "t_mean", "self_cond_frac", "null_label_frac"):
-    np.testing.assert_allclose(p_metrics[key][0], single_metrics[key], rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(p_metrics[key], single_metrics[key], rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(one_metrics[key], single_metrics[key], rtol=1e-6, err_msg=key)
   assert 0 < float(single_metrics["self_cond_frac"]) < 1  # both kinds of example are in the batch
-  for dev in range(2):
-    jax.tree_util.tree_map(lambda a, s: np.testing.assert_allclose(a[dev], s, rtol=1e-5, atol=1e-8),
-                           p_grads, single_grads)
-    jax.tree_util.tree_map(lambda a, s: np.testing.assert_allclose(a[dev], s, atol=1e-6),
-                           p_params, single_params)
+  np.testing.assert_allclose(p_metrics["grad_norm"], optax.global_norm(single_grads), rtol=1e-5)
+  np.testing.assert_allclose(one_metrics["grad_norm"], optax.global_norm(single_grads), rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, s: np.testing.assert_allclose(a, s, atol=1e-6), p_params, one_params)
   # The step did move the parameters (by about lr per coordinate for Adam's first step).
-  moved = jax.tree_util.tree_map(lambda a, s: np.max(np.abs(a - s)), single_params, jax.device_get(params))
+  moved = jax.tree_util.tree_map(lambda a, s: np.max(np.abs(a - s)), one_params, jax.device_get(params))
   assert max(jax.tree_util.tree_leaves(moved)) > 5e-4

@@ -1,5 +1,6 @@
 """Training job: pmap equals one device, SIGTERM + resume equals an uninterrupted run, bad configs fail fast."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -14,11 +15,15 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from ldlg.engine import checkpoints as checkpointing
-from ldlg import from_config
 from ldlg import pipeline
-from ldlg import train as train_lib
+from ldlg.codecs.bart import codec as bart_codec
+from ldlg.engine import checkpoints as checkpointing
+from ldlg.engine import parallel
+from ldlg.engine import signals
 from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import trainer
+from ldlg.methods.gaussian import stages as gaussian_stages
+from ldlg.methods.gaussian.method import GaussianDiffusion
 from ldlg.data import precompute as precompute_lib
 from ldlg.data import testing as data_testing
 from ldlg.engine.workdir import Workdir
@@ -59,8 +64,7 @@ def final_params(wd: Workdir):
   meta = ckpt.restore_meta()
   step = ckpt.latest_step()
   config = tiny.get_config()
-  model = from_config.build_denoiser(config)
-  abstract = from_config.init_denoiser_params(config, model, jax.random.PRNGKey(0), abstract=True)
+  abstract = GaussianDiffusion.from_config(config).init_params(jax.random.PRNGKey(0), abstract=True)
   optim = ml_collections.ConfigDict(meta["config"]["optim"])  # The optimizer the run was trained with.
   tx = train_state_lib.make_optimizer(optim, meta["config"]["train"]["num_steps"])
   target = {"step": jax.ShapeDtypeStruct((), np.int32), "params": abstract, "ema_params": abstract,
@@ -74,9 +78,8 @@ def test_pmap_two_devices_equals_one_device(latents_root, tmp_path):
   assert jax.local_device_count() == 2, "conftest forces 2 CPU devices"
   config = tiny_config(batch_size=8)
   wd = workdir_with_latents(tmp_path, latents_root)
-  store = from_config.open_latent_store(config, wd, "validation")
-  model = from_config.build_denoiser(config)
-  params = from_config.init_denoiser_params(config, model, jax.random.PRNGKey(1))
+  store = bart_codec.open_latent_store(config, wd, "validation")
+  params = GaussianDiffusion.from_config(config).init_params(jax.random.PRNGKey(1))
   # The output layer starts at zero; perturb every weight so all gradients are non-trivial.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
@@ -86,14 +89,15 @@ def test_pmap_two_devices_equals_one_device(latents_root, tmp_path):
 
   def run(num_devices):
     devices = jax.local_devices()[:num_devices]
-    state = train_lib.replicate(train_state_lib.TrainState.create(params, tx), devices)
-    step_fn = train_lib.make_p_train_step(config, model, rng, devices=devices)
+    state = parallel.replicate(train_state_lib.TrainState.create(params, tx), devices)
+    job, _, _ = gaussian_stages.train_job(config, wd, devices=devices)
+    step_fn = trainer.make_p_train_step(dataclasses.replace(job, rng=rng), devices)
     batches = store.batches(8, num_local_devices=num_devices, seed=0)
     losses = []
     for _ in range(3):
       state, metrics = step_fn(state, next(batches))
       losses.append(float(metrics["loss"][0]))
-    return train_lib.unreplicate(state), losses
+    return parallel.unreplicate(state), losses
 
   one, losses_one = run(1)
   two, losses_two = run(2)
@@ -126,7 +130,9 @@ def test_sigterm_then_resume_is_bit_identical_to_uninterrupted(latents_root, tmp
     time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=240)[0].decode()
-  assert proc.returncode == 0, out[-3000:]
+  # Saved, then a non-zero exit that says what happened and what to do (not "0": the run is not finished).
+  assert proc.returncode == signals.EXIT_CODE_INTERRUPTED, out[-3000:]
+  assert "interrupted" in out and "rerun" in out, out[-3000:]
   stopped_at, _ = final_params(interrupted)
   assert 3 <= stopped_at < num_steps, f"the SIGTERM should have stopped training early (at {stopped_at})"
 
@@ -148,20 +154,24 @@ def test_sigterm_then_resume_is_bit_identical_to_uninterrupted(latents_root, tmp
 
 def test_train_writes_metrics_and_checkpoint_and_compiles_once(latents_root, tmp_path, monkeypatch):
   traces = []
-  original = train_lib.train_step
-  monkeypatch.setattr(train_lib, "train_step", lambda *a, **k: traces.append(1) or original(*a, **k))
+  original = trainer.train_step
+  monkeypatch.setattr(trainer, "train_step", lambda *a, **k: traces.append(1) or original(*a, **k))
   config = tiny_config(num_steps=10, log_every=5, ckpt_every=5)
   wd = workdir_with_latents(tmp_path, latents_root)
-  state = train_lib.train_and_evaluate(config, wd)
+  state = gaussian_stages.train(config, wd).state
   assert int(state.step) == 10
   assert len(traces) == 1, f"the train step was traced {len(traces)} times in 10 steps"
   lines = [json.loads(l) for l in wd.metrics_file.read_text().splitlines()]
   assert [l["step"] for l in lines] == [5, 10]
-  assert all(np.isfinite(l["loss"]) and l["latent_tokens_per_s"] > 0 for l in lines)
+  # Timings go to TensorBoard only, so that the JSONL log of a resumed run equals an uninterrupted one's.
+  assert all(np.isfinite(l["loss"]) and l["grad_norm"] > 0 and l["param_norm"] > 0 for l in lines)
   ckpt = checkpointing.Checkpointer(wd.checkpoint_dir)
   assert ckpt.all_steps() == [5, 10]
   meta = ckpt.restore_meta()
   assert meta["data_position"] == 10 and len(meta["stats"]["mean"]) == config.model.latent_dim
+  # The checkpoint stands alone for sampling: stats, length histogram, latent identity, config.
+  assert sum(meta["length_counts"]) == 96 and meta["latents"]["latent_dim"] == config.model.latent_dim
+  assert meta["config"]["model"]["dim"] == config.model.dim
   ckpt.close()
 
 
@@ -171,7 +181,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(latents_root, tmp_path)
   config.optim.grad_clip = 0.0
   wd = workdir_with_latents(tmp_path, latents_root)
   with pytest.raises(FloatingPointError, match="non-finite.*last good checkpoint"):
-    train_lib.train_and_evaluate(config, wd)
+    gaussian_stages.train(config, wd)
   ckpt = checkpointing.Checkpointer(wd.checkpoint_dir)
   steps = ckpt.all_steps()
   ckpt.close()
@@ -185,14 +195,14 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(latents_root, tmp_path)
 def test_batch_not_divisible_by_devices(latents_root, tmp_path):
   config = tiny_config(batch_size=7)
   with pytest.raises(ValueError, match="batch_size=7 is not divisible by the 2 devices"):
-    train_lib.train_and_evaluate(config, workdir_with_latents(tmp_path, latents_root))
+    gaussian_stages.train(config, workdir_with_latents(tmp_path, latents_root))
 
 
 def test_latent_width_mismatch(latents_root, tmp_path):
   config = tiny_config()
   config.model.latent_dim = 48
   with pytest.raises(ValueError, match="latent_dim=48 does not match the latent width 32"):
-    train_lib.train_and_evaluate(config, workdir_with_latents(tmp_path, latents_root))
+    gaussian_stages.train(config, workdir_with_latents(tmp_path, latents_root))
 
 
 def test_missing_stage_names_the_stage_to_run(tmp_path):

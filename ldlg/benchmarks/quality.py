@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from ldlg import pipeline
+from ldlg.data import splits
 from ldlg.engine.workdir import Workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quality", "Where every run of the benchmark goes.")
@@ -89,7 +90,7 @@ def _timed(fn, *args, **kwargs):
 def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dict:
   """Every row of one dataset's table; each stage is skipped when its output exists."""
   from ldlg.evaluation import evaluate as evaluate_lib
-  from ldlg import from_config
+  from ldlg.methods.gaussian.method import GaussianDiffusion
   from ldlg.methods.autoregressive import model as ar_model
   from ldlg.methods.autoregressive import sampler as ar_sample
   from ldlg.methods.autoregressive import train as ar_train
@@ -129,12 +130,11 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
 
   # 2. The AR baseline (matched size, same steps, at most LD4LG's training time) and the AR judge.
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(sc.autoencoder_dir))
-  train_records = pipeline.load_texts(sc_config, data_dir, sc, sc_config.data.train_split)
+  train_records = splits.load_texts(sc_config, data_dir, sc, sc_config.data.train_split)
   train_texts = [r["text"] for r in train_records]
-  valid_records = pipeline.load_texts(sc_config, data_dir, sc, sc_config.data.eval_split)
+  valid_records = splits.load_texts(sc_config, data_dir, sc, sc_config.data.eval_split)
   reference = [r["text"] for r in valid_records]
-  model = from_config.build_denoiser(sc_config)
-  denoiser_params = count_params(from_config.init_denoiser_params(sc_config, model, jax.random.PRNGKey(0),
+  denoiser_params = count_params(GaussianDiffusion.from_config(sc_config).init_params(jax.random.PRNGKey(0),
                                                                   abstract=True))
   ar_cfg = ar_model.default_ar_config()
   ar_cfg.model, ar_params = ar_model.matched_gpt2_config(denoiser_params, len(tokenizer),

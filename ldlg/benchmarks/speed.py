@@ -17,9 +17,10 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from ldlg import from_config
-from ldlg import train as train_lib
+from ldlg.engine import parallel
 from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import trainer
+from ldlg.methods.gaussian.method import GaussianDiffusion
 from ldlg.networks import count_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/e2e.py:cpu", "Config to benchmark.")
@@ -29,21 +30,24 @@ _SAMPLE_CALLS = flags.DEFINE_integer("sample_calls", 2, "Timed sampler calls.")
 
 
 def benchmark(config, length: int, steps: int, sample_calls: int) -> dict:
-  model = from_config.build_denoiser(config)
-  params = from_config.init_denoiser_params(config, model, jax.random.PRNGKey(0))
+  method = GaussianDiffusion.from_config(config)
+  params = method.init_params(jax.random.PRNGKey(0))
   n_dev, batch = jax.local_device_count(), config.train.batch_size
   traces = {"train_step": 0}
-  original = train_lib.train_step
+  original = trainer.train_step
 
   def counted(*args, **kwargs):
     traces["train_step"] += 1
     return original(*args, **kwargs)
 
-  train_lib.train_step = counted
+  trainer.train_step = counted
   try:
-    state = train_lib.replicate(train_state_lib.TrainState.create(
+    state = parallel.replicate(train_state_lib.TrainState.create(
         params, train_state_lib.make_optimizer(config.optim, 1000)))
-    step = train_lib.make_p_train_step(config, model, jax.random.PRNGKey(1))
+    job = trainer.TrainJob(init_params=method.init_params, loss_fn=method.loss_fn, batches=None,
+                           optim=config.optim, init_rng=jax.random.PRNGKey(0), rng=jax.random.PRNGKey(1),
+                           ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
+    step = trainer.make_p_train_step(job)
     rng = np.random.default_rng(0)
     data = {"latents": rng.normal(size=(n_dev, batch // n_dev, length, config.model.latent_dim)).astype(np.float32),
             "mask": np.ones((n_dev, batch // n_dev, length), bool),
@@ -60,9 +64,9 @@ def benchmark(config, length: int, steps: int, sample_calls: int) -> dict:
     jax.block_until_ready(metrics)
     train_time = (time.perf_counter() - t0) / steps
   finally:
-    train_lib.train_step = original
+    trainer.train_step = original
 
-  sample = from_config.build_sampler(config, model)
+  sample = method.make_sampler(config.sample)
   sb, max_len = config.sample.batch_size, config.model.max_len
   mask = np.arange(max_len)[None] < rng.integers(8, max_len + 1, size=(sb, 1))
   classes = np.zeros((sb,), np.int32) if config.model.num_classes else None

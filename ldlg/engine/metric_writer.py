@@ -23,6 +23,11 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
 
+  def write_tensorboard(self, step: int, scalars: dict[str, float]) -> None:
+    """Scalars for TensorBoard only (timings: they would make the JSONL log differ between identical runs)."""
+    for key, value in scalars.items():
+      self._tb.add_scalar(key, float(value), step)
+
   def write_texts(self, step: int, texts: dict[str, str]) -> None:
     for key, value in texts.items():
       self._tb.add_text(key, value, step)

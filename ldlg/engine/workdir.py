@@ -11,6 +11,7 @@
 """
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 
@@ -110,3 +111,8 @@ def save_or_check_config(config: ml_collections.ConfigDict, workdir: Workdir, *,
     tmp = workdir.config_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
     tmp.rename(workdir.config_file)
+
+
+def config_digest(config: ml_collections.ConfigDict) -> str:
+  """A short hash of a config's JSON (provenance of samples and metrics)."""
+  return hashlib.sha256(json.dumps(json.loads(config.to_json()), sort_keys=True).encode()).hexdigest()[:16]

@@ -68,6 +68,11 @@ class Method(abc.ABC):
     """The loss without training-only randomness (dropout off); defaults to `loss_fn`."""
     return self.loss_fn(params, rng, batch)
 
+  @staticmethod
+  def stages() -> tuple:
+    """The run's stages in order (ldlg.engine.stage.Stage): what `--mode=pipeline` runs for this method."""
+    raise NotImplementedError
+
   def evaluation_hooks(self) -> Mapping[str, Callable[..., dict]]:
     """Extra evaluations `--mode=evaluate` reports for this method (e.g. a likelihood bound), by name."""
     return {}

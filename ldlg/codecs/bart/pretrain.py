@@ -10,15 +10,16 @@
 4. writes the reconstruction scores of decode(encode(x)) on held-out (and training) sentences to
    out_dir/reconstruction.json.
 
-Resumable: Orbax checkpoints in out_dir/checkpoints every `checkpoint_every` steps. The batch of step s and
-its corruption are functions of (seed, s) and the dropout key is fold_in(key(seed), s), so a resumed run
-continues exactly as an uninterrupted one would. The loss is logged to out_dir/train_log.jsonl.
+Trained by the engine's trainer (ldlg/engine/trainer.py), like every model of the project: pmapped over the
+local devices, Orbax checkpoints in out_dir/checkpoints every `checkpoint_every` steps, SIGTERM saves, non-finite
+loss stops. The batch of step s and its corruption are functions of (seed, s) and the dropout key is
+fold_in(key(seed), s), so a resumed run continues exactly as an uninterrupted one would. The loss is logged to
+out_dir/metrics.jsonl (and TensorBoard in out_dir/tb).
 """
+import itertools
 import json
 import logging
-import math
 import pathlib
-import time
 from typing import Any, Sequence
 
 import jax
@@ -26,8 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import tqdm
 import transformers
 
 from ldlg.codecs.bart import autoencoder as autoencoder_lib
@@ -35,6 +34,8 @@ from ldlg.codecs.bart import corruption
 from ldlg.codecs.bart import reconstruction
 from ldlg.codecs.bart import tokenizer as tokenizer_lib
 from ldlg.data.step_batches import batch_indices
+from ldlg.engine import parallel
+from ldlg.engine import trainer
 
 
 def default_autoencoder_config() -> ml_collections.ConfigDict:
@@ -127,41 +128,35 @@ def make_batch(token_ids: Sequence[np.ndarray], step: int, cfg: ml_collections.C
               decoder_input_ids=np.concatenate([start, label_ids[:, :-1]], axis=1), labels=label_ids)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  warmup = min(cfg.warmup_steps, max(cfg.num_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, warmup, max(cfg.num_steps, warmup + 1), end_value=0.1 * cfg.learning_rate)
-  # No weight decay on biases and LayerNorm parameters (the 1-D leaves).
-  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm),
-                     optax.adamw(schedule, b1=0.9, b2=0.98, eps=1e-6,
-                                 weight_decay=cfg.weight_decay, mask=decay_mask))
+def optimizer_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """BART's pretraining recipe as the engine's optimizer section: AdamW (b2 0.98, eps 1e-6), no weight decay on
+  biases and LayerNorm scales, linear warm-up then cosine decay to 10% of the peak, global-norm clipping."""
+  return ml_collections.ConfigDict(dict(
+      lr=cfg.learning_rate, warmup_steps=min(cfg.warmup_steps, max(cfg.num_steps - 1, 0)), schedule="cosine",
+      end_lr_fraction=0.1, weight_decay=cfg.weight_decay, b1=0.9, b2=0.98, eps=1e-6, grad_clip=cfg.grad_clip_norm,
+      decay_mask="matrices"))
 
 
-def make_train_step(model, tx: optax.GradientTransformation, pad_id: int, seed: int):
-  """A jitted (state, batch) -> (state, metrics); state = {"params", "opt_state", "step"}."""
-  base_key = jax.random.PRNGKey(seed)
+def make_loss_fn(model, pad_id: int, num_devices: int):
+  """Token-mean cross-entropy of the clean labels (global over devices), with token accuracy.
 
-  def loss_fn(params, batch, dropout_key):
+  Dropout: on one device the key is the step key; on several each device folds in its index, so devices draw
+  different masks (one key per network call cannot be per example).
+  """
+  def loss_fn(params, rng, batch):
+    dropout_key = rng if num_devices == 1 else jax.random.fold_in(rng, parallel.device_index())
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    decoder_input_ids=batch["decoder_input_ids"], params=params,
                    dropout_rng=dropout_key, train=True).logits.astype(jnp.float32)
     weights = (batch["labels"] != pad_id).astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    loss = (ce * weights).sum() / weights.sum()
-    accuracy = ((logits.argmax(-1) == batch["labels"]) * weights).sum() / weights.sum()
-    return loss, accuracy
-
-  def step(state, batch):
-    dropout_key = jax.random.fold_in(base_key, state["step"])
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch,
-                                                                        dropout_key)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = dict(loss=loss, token_accuracy=accuracy, grad_norm=optax.global_norm(grads))
-    return dict(params=params, opt_state=opt_state, step=state["step"] + 1), metrics
-
-  return jax.jit(step, donate_argnums=0)
+    # Each device's share of the global token mean, times the device count: the engine's pmean then gives
+    # exactly the global token mean (and its gradient), however the batch is split.
+    num_devices_now, num_tokens = parallel.global_sum(1.0), parallel.global_sum(weights.sum())
+    loss = (ce * weights).sum() * num_devices_now / num_tokens
+    accuracy = ((logits.argmax(-1) == batch["labels"]) * weights).sum() * num_devices_now / num_tokens
+    return loss, {"loss": loss, "token_accuracy": accuracy}
+  return loss_fn
 
 
 def _load_or_train_tokenizer(cfg, texts_train, out_dir: pathlib.Path):
@@ -169,13 +164,6 @@ def _load_or_train_tokenizer(cfg, texts_train, out_dir: pathlib.Path):
     return transformers.AutoTokenizer.from_pretrained(str(out_dir))
   return tokenizer_lib.train_tokenizer(texts_train, cfg.vocab_size, out_dir,
                                        min_frequency=cfg.tokenizer_min_frequency)
-
-
-def _trim_log(path: pathlib.Path, last_step: int) -> None:
-  """Drops log lines past the restored step (written after the last checkpoint, before a crash)."""
-  if path.exists():
-    lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= last_step]
-    path.write_text("".join(l + "\n" for l in lines))
 
 
 def evaluate_reconstruction(ae: autoencoder_lib.Autoencoder, splits: dict[str, Sequence[str]],
@@ -201,9 +189,17 @@ def evaluate_reconstruction(ae: autoencoder_lib.Autoencoder, splits: dict[str, S
   return out
 
 
+def _check_vocab(vocab_size: int, out_dir: pathlib.Path):
+  def check(saved_meta: dict) -> None:
+    if saved_meta.get("vocab_size") != vocab_size:
+      raise ValueError(f"the checkpoints in {out_dir} were trained with a vocabulary of "
+                       f"{saved_meta.get('vocab_size')}, the tokenizer there has {vocab_size}; use a new out_dir")
+  return check
+
+
 def pretrain_autoencoder(cfg: ml_collections.ConfigDict, texts_train: Sequence[str],
                          texts_valid: Sequence[str], out_dir: str | pathlib.Path, *,
-                         stop_after_step: int | None = None) -> dict[str, Any]:
+                         stop_after_step: int | None = None, devices=None) -> dict[str, Any]:
   """Trains tokenizer and BART denoising autoencoder; resumes from out_dir/checkpoints if present.
 
   Args:
@@ -213,9 +209,11 @@ def pretrain_autoencoder(cfg: ml_collections.ConfigDict, texts_train: Sequence[s
     out_dir: output folder (model, tokenizer, checkpoints, train_log.jsonl, reconstruction.json).
     stop_after_step: stop after this step, checkpointed, as if preempted (for tests); None: run to
       cfg.num_steps.
+    devices: devices to pmap over (default: all local).
   Returns:
-    {"step", "resumed_from" (0 for a fresh run), "final_loss", "stopped_early", "train_seconds",
-     "reconstruction" (absent if stopped early), "num_params", "out_dir"}.
+    {"step", "resumed_from" (0 for a fresh run), "final_loss", "stopped_early", "stopped_by" (see
+     ldlg.engine.trainer.TrainResult), "train_seconds", "reconstruction" (absent if stopped early), "num_params",
+     "out_dir"}.
   """
   texts_train = list(texts_train)
   if not texts_train:
@@ -226,52 +224,36 @@ def pretrain_autoencoder(cfg: ml_collections.ConfigDict, texts_train: Sequence[s
   token_ids = [np.asarray(x, np.int32) for x in tokenizer(
       texts_train, truncation=True, max_length=cfg.max_length)["input_ids"]]
   model = transformers.FlaxBartForConditionalGeneration(bart_config(cfg, len(tokenizer)), _do_init=False)
-  params = jax.jit(model.init_weights, static_argnums=1)(jax.random.PRNGKey(cfg.seed), (1, 1))
-  tx = make_optimizer(cfg)
-  state = dict(params=params, opt_state=tx.init(params), step=jnp.int32(0))
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  init = jax.jit(model.init_weights, static_argnums=1)
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(jax.eval_shape(init, jax.random.PRNGKey(0), (1, 1))))
   (out_dir / "autoencoder_config.json").write_text(cfg.to_json(indent=2))
+  devices = list(devices or jax.local_devices())
+  if cfg.batch_size % len(devices):
+    raise ValueError(f"autoencoder.batch_size={cfg.batch_size} is not divisible by the {len(devices)} devices; "
+                     f"use a multiple of {len(devices)}")
 
-  manager = ocp.CheckpointManager(
-      out_dir / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints, create=True,
-                                           enable_async_checkpointing=False))
-  log_path = out_dir / "train_log.jsonl"
-  start = manager.latest_step()
-  if start is not None:
-    state = manager.restore(start, args=ocp.args.StandardRestore(
-        jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)))
-    _trim_log(log_path, start)
-    logging.info("resumed autoencoder pretraining from step %d", start)
-  start = start or 0
-  train_step = make_train_step(model, tx, tokenizer.pad_token_id, cfg.seed)
-  end = cfg.num_steps if stop_after_step is None else min(stop_after_step, cfg.num_steps)
+  def batches(start_step: int):
+    for step in itertools.count(start_step):
+      yield parallel.shard_batch(make_batch(token_ids, step, cfg, tokenizer), len(devices))
+
+  key = jax.random.PRNGKey(cfg.seed)  # Initialisation and dropout share it, as they always have.
+  job = trainer.TrainJob(init_params=lambda rng: init(rng, (1, 1)),
+                         loss_fn=make_loss_fn(model, tokenizer.pad_token_id, len(devices)), batches=batches,
+                         optim=optimizer_config(cfg), init_rng=key, rng=key, ema_decay=None)
+  run = trainer.TrainRun(directory=out_dir, num_steps=cfg.num_steps, log_every=cfg.log_every,
+                         ckpt_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+                         meta={"autoencoder_config": cfg.to_dict(), "vocab_size": len(tokenizer)},
+                         check_meta=_check_vocab(len(tokenizer), out_dir), desc="autoencoder pretrain",
+                         stop_at=stop_after_step, devices=devices)
   logging.info("pretraining a %d-parameter BART autoencoder for %d steps", num_params, cfg.num_steps)
-
-  final_loss = math.nan
-  t0 = time.time()
-  with open(log_path, "a") as log, tqdm.tqdm(total=cfg.num_steps, initial=start,
-                                             desc="autoencoder pretrain") as bar:
-    for step in range(start, end):
-      state, metrics = train_step(state, make_batch(token_ids, step, cfg, tokenizer))
-      done = step + 1
-      if done % cfg.log_every == 0 or done == end:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(metrics["loss"]):
-          raise FloatingPointError(f"autoencoder loss became {metrics['loss']} at step {done}; "
-                                   "lower learning_rate or raise grad clipping")
-        final_loss = metrics["loss"]
-        log.write(json.dumps(dict(step=done, **metrics)) + "\n")
-        log.flush()
-        bar.set_postfix(loss=f"{final_loss:.3f}", acc=f"{metrics['token_accuracy']:.3f}")
-      if done % cfg.checkpoint_every == 0 or done == end:
-        manager.save(done, args=ocp.args.StandardSave(state), force=True)
-      bar.update(1)
-  manager.wait_until_finished()
-  result = dict(step=end, resumed_from=start, final_loss=final_loss, stopped_early=end < cfg.num_steps,
-                train_seconds=time.time() - t0, num_params=num_params, out_dir=str(out_dir))
+  trained = trainer.train(job, run)
+  end = trained.step
+  result = dict(step=end, resumed_from=trained.resumed_from, final_loss=trained.final_loss,
+                stopped_early=end < cfg.num_steps, stopped_by=trained.stopped_by, train_seconds=trained.seconds,
+                num_params=num_params, out_dir=str(out_dir))
   if end < cfg.num_steps:
     return result
+  state = {"params": trained.state.params}
 
   params = jax.device_get(state["params"])
   model.generation_config = generation_config(model.config)

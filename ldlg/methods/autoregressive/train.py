@@ -2,8 +2,9 @@
 
 Each text becomes `<s> text </s>` in the project's tokenizer; the loss is the next-token cross-entropy averaged
 over every non-pad target token of the global batch. The step is pmapped over the local devices like the
-denoiser's (`ldlg.train`): each device sums its tokens' NLL and divides by the global token count (a `psum`),
-so the summed gradients are exactly those of the global mean, however the batch is split. Nothing random is
+denoiser's: it is trained by the engine's one trainer (ldlg/engine/trainer.py); each device's share of the
+token-mean loss is normalized by the global token count, so the result is the global mean however the batch is
+split. Nothing random is
 carried: the batch of step s is a function of (seed, s), dropout keys are `fold_in(fold_in(key, s), device)`,
 and a resumed run continues as an uninterrupted one would.
 
@@ -18,11 +19,9 @@ out_dir layout:
     ar_result.json          what `train_ar_baseline` returns
 """
 
-import functools
+import itertools
 import json
-import math
 import pathlib
-import time
 from typing import Any, Sequence
 
 from absl import logging
@@ -30,19 +29,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 import transformers
 
-from ldlg.engine import checkpoints as checkpointing
-from ldlg.engine import metric_writer
-from ldlg import train as train_lib
-from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import parallel
+from ldlg.engine import trainer
 from ldlg.methods.autoregressive import model as ar_model
 from ldlg.evaluation import batching
 from ldlg.evaluation import perplexity
 from ldlg.data.step_batches import batch_indices
 
-AXIS = train_lib.AXIS
 
 
 def frame_texts(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[list[np.ndarray], dict]:
@@ -105,38 +100,33 @@ def token_nll(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.Array
   return (nll * weight).sum(), weight.sum()
 
 
-def train_step(state: train_state_lib.TrainState, batch: dict, *, model: Any, base_rng: jax.Array,
-               ema_decay: float, ema_warmup: bool):
-  """One AdamW step on this device's share of the global batch (call under pmap with axis "batch").
+def make_loss_fn(model: Any):
+  """loss_fn(params, rng, batch) -> (loss, metrics) of the engine (see ldlg.methods.base).
 
-  Args:
-    state: the replicated train state.
-    batch: input_ids, attention_mask [b, W] (this device's rows).
-  Returns:
-    The new state and metrics (loss = global token-mean NLL, grad_norm, num_tokens), equal on every device.
+  Each device sums its tokens' NLL and divides by the global token count (`global_sum`), times the device count,
+  so the engine's mean over devices is exactly the global token mean (and its gradient), however the batch is
+  split. Dropout keys are fold_in(step key, device index).
+
+  batch: input_ids, attention_mask [b, W] (this device's rows).
+  metrics: loss (global token-mean NLL), num_tokens (global count of scored targets).
   """
-  step_rng = jax.random.fold_in(base_rng, state.step)
-  dropout_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(AXIS))
-  num_global = jax.lax.psum(batch["attention_mask"][:, 1:].sum().astype(jnp.float32), AXIS)
-
-  def loss_fn(params):
+  def loss_fn(params, rng, batch):
+    dropout_rng = jax.random.fold_in(rng, parallel.device_index())
+    num_global = parallel.global_sum(batch["attention_mask"][:, 1:].sum().astype(jnp.float32))
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], params=params,
                    dropout_rng=dropout_rng, train=True).logits
     nll_sum, _ = token_nll(logits, batch["input_ids"], batch["attention_mask"])
-    return nll_sum / jnp.maximum(num_global, 1.0)
-
-  local_loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  grads = jax.lax.psum(grads, AXIS)  # Sum of per-device shares of the global mean: the global mean's gradient.
-  metrics = {"loss": jax.lax.psum(local_loss, AXIS), "grad_norm": train_lib.optax_global_norm(grads),
-             "num_tokens": num_global}
-  return state.apply_gradients(grads, ema_decay=ema_decay, ema_warmup=ema_warmup), metrics
+    loss = nll_sum * parallel.global_sum(1.0) / jnp.maximum(num_global, 1.0)
+    return loss, {"loss": loss, "num_tokens": num_global}
+  return loss_fn
 
 
-def make_p_train_step(model: Any, base_rng: jax.Array, *, ema_decay: float, ema_warmup: bool, devices=None):
-  """The pmapped step over `devices` (default: all local); the state is donated."""
-  step = functools.partial(train_step, model=model, base_rng=base_rng, ema_decay=ema_decay,
-                           ema_warmup=ema_warmup)
-  return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+def make_p_train_step(model: Any, base_rng: jax.Array, *, ema_decay: float, ema_warmup: bool, devices=None,
+                      optim=None):
+  """The engine's pmapped step for the AR loss over `devices` (default: all local); the state is donated."""
+  job = trainer.TrainJob(init_params=None, loss_fn=make_loss_fn(model), batches=None, optim=optim,
+                         init_rng=base_rng, rng=base_rng, ema_decay=ema_decay, ema_warmup=ema_warmup)
+  return trainer.make_p_train_step(job, devices)
 
 
 def evaluate_loss(lm: perplexity.CausalLM, seqs: Sequence[np.ndarray], *, batch_size: int,
@@ -165,13 +155,6 @@ def evaluate_valid(model: Any, params: Any, tokenizer: Any, texts: Sequence[str]
           "valid_perplexity": perplexity.mean_perplexity(texts, lm, batch_size=batch_size, max_length=max_length)}
 
 
-def _trim_log(path: pathlib.Path, last_step: int) -> None:
-  """Drops metric lines past the restored step (written after the last checkpoint, before a crash)."""
-  if path.exists():
-    lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= last_step]
-    path.write_text("".join(l + "\n" for l in lines))
-
-
 def train_ar_baseline(cfg: ml_collections.ConfigDict, texts: Sequence[str], tokenizer: Any,
                       out_dir: str | pathlib.Path, *, max_steps: int | None = None,
                       max_seconds: float | None = None, valid_texts: Sequence[str] | None = None,
@@ -191,7 +174,7 @@ def train_ar_baseline(cfg: ml_collections.ConfigDict, texts: Sequence[str], toke
     devices: devices to pmap over (default: all local).
   Returns:
     {"num_params", "steps", "max_steps", "seconds", "max_seconds", "stopped_by" ("max_steps" | "max_seconds" |
-     "sigterm"), "final_loss" (mean training loss of the last log window), "valid_loss" (token-mean NLL incl.
+     "signal"), "final_loss" (mean training loss of the last log window), "valid_loss" (token-mean NLL incl.
      </s>) and "valid_perplexity" (mean per-text perplexity, as `ldlg.evaluation.perplexity`) when valid texts
      are given and the run was not preempted, "steps_per_s" (this session), "resumed_from", the framing stats, "model" (sizes), "out_dir"}.
   """
@@ -216,107 +199,47 @@ def train_ar_baseline(cfg: ml_collections.ConfigDict, texts: Sequence[str], toke
   (out_dir / "ar_config.json").write_text(cfg.to_json(indent=2))
 
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-  model, params = ar_model.build_model(cfg.model, tokenizer, init_rng)
-  num_params = ar_model.count_params(params)
-  tx = train_state_lib.make_optimizer(cfg.optim, max_steps)
-  state = train_state_lib.TrainState.create(params, tx)
-
-  ckpt = checkpointing.Checkpointer(out_dir / "checkpoints", keep=tc.keep_checkpoints)
-  meta = {"config": cfg.to_dict(), "max_steps": max_steps, "vocab_size": len(tokenizer), "seconds": 0.0}
-  log_path = out_dir / "metrics.jsonl"
-  if ckpt.latest_step() is not None:
-    saved, saved_meta = ckpt.restore(state.to_dict())
-    for key in ("max_steps", "vocab_size"):
-      if saved_meta[key] != meta[key]:
-        ckpt.close()
-        raise ValueError(f"the checkpoint in {ckpt.directory} was trained with {key}={saved_meta[key]}, not "
-                         f"{meta[key]}; pass the same value to resume, or use a new out_dir")
-    state = state.from_dict(saved)
-    meta["seconds"] = float(saved_meta["seconds"])
-    _trim_log(log_path, int(state.step))
-    logging.info("Resumed the AR baseline from step %d (%.0f s).", int(state.step), meta["seconds"])
-  start_step = int(state.step)
+  model = transformers.FlaxGPT2LMHeadModel(ar_model.gpt2_config(cfg.model, tokenizer), _do_init=False)
+  init = jax.jit(model.init_weights, static_argnums=1)
+  num_params = ar_model.count_params(jax.eval_shape(init, init_rng, (1, 1)))
   logging.info("Training a %d-parameter GPT-2 baseline (%d x %d) on %d texts for up to %d steps%s.",
                num_params, cfg.model.n_layer, cfg.model.n_embd, len(seqs), max_steps,
                f" or {max_seconds:.0f} s" if max_seconds else "")
 
-  p_step = make_p_train_step(model, train_rng, ema_decay=tc.ema_decay, ema_warmup=tc.ema_warmup, devices=devices)
-  schedule = train_state_lib.learning_rate_schedule(cfg.optim, max_steps)
-  writer = metric_writer.MetricWriter(log_path, out_dir / "tb")
-  state = train_lib.replicate(state, devices)
-  step, last_saved, stopped_by = start_step, start_step, None
-  pending = []
-  final_loss = math.nan
-  t_start = t_log = time.perf_counter()
+  def batches(start_step: int):
+    for step in itertools.count(start_step):
+      yield make_batch(seqs, step, batch_size=tc.batch_size, num_devices=len(devices), pad_id=special["pad"],
+                       pad_multiple=cfg.data.pad_multiple, max_length=cfg.data.max_length, seed=cfg.seed)
 
-  def elapsed() -> float:
-    return meta["seconds"] + time.perf_counter() - t_start
+  def check_meta(saved_meta: dict) -> None:
+    for key in ("max_steps", "vocab_size"):
+      if saved_meta.get(key) != meta[key]:
+        raise ValueError(f"the checkpoint in {out_dir / 'checkpoints'} was trained with {key}="
+                         f"{saved_meta.get(key)}, not {meta[key]}; pass the same value to resume, or use a new out_dir")
 
-  def flush_metrics():
-    nonlocal pending, final_loss, t_log
-    if not pending:
-      return
-    fetched = [{k: float(v[0]) for k, v in m.items()} for m in jax.device_get(pending)]
-    for i, m in enumerate(fetched):
-      if not math.isfinite(m["loss"]):
-        raise FloatingPointError(
-            f"the AR baseline's loss became {m['loss']} at step {step - len(fetched) + i + 1}; the last good "
-            f"checkpoint (step {last_saved}) in {ckpt.directory} is intact. Lower optim.lr or keep grad_clip on.")
-    now = time.perf_counter()
-    final_loss = float(np.mean([m["loss"] for m in fetched]))
-    scalars = {"loss": final_loss, "grad_norm": fetched[-1]["grad_norm"], "lr": float(schedule(step - 1)),
-               "steps_per_s": len(fetched) / (now - t_log),
-               "tokens_per_s": sum(m["num_tokens"] for m in fetched) / (now - t_log), "seconds": elapsed()}
-    writer.write_scalars(step, scalars)
-    bar.set_postfix(loss=f"{final_loss:.3f}", sps=f"{scalars['steps_per_s']:.2f}")
-    pending, t_log = [], now
-
-  bar = tqdm.tqdm(total=max_steps, initial=start_step, desc="ar baseline", dynamic_ncols=True)
-  with train_lib.StopSignal() as stop:
-    while True:
-      if step >= max_steps:
-        stopped_by = "max_steps"
-        break
-      if max_seconds and elapsed() >= max_seconds:
-        stopped_by = "max_seconds"
-        break
-      batch = make_batch(seqs, step, batch_size=tc.batch_size, num_devices=len(devices), pad_id=special["pad"],
-                         pad_multiple=cfg.data.pad_multiple, max_length=cfg.data.max_length, seed=cfg.seed)
-      state, metrics = p_step(state, batch)
-      step += 1
-      pending.append(metrics)
-      if max_seconds:  # Without this the host runs ahead of the device and the clock under-counts.
-        jax.block_until_ready(metrics["loss"])
-      bar.update(1)
-      if step % tc.log_every == 0:
-        flush_metrics()
-      if step % tc.ckpt_every == 0:
-        flush_metrics()  # Never checkpoint a state whose loss has not been checked.
-        ckpt.save(step, jax.device_get(train_lib.unreplicate(state).to_dict()), {**meta, "seconds": elapsed()})
-        last_saved = step
-      if stop.received:
-        stopped_by = "sigterm"
-        break
-  flush_metrics()
-  bar.close()
-  seconds = elapsed()
-  session_steps, session_seconds = step - start_step, time.perf_counter() - t_start
-  if step != last_saved or ckpt.latest_step() is None:
-    ckpt.save(step, jax.device_get(train_lib.unreplicate(state).to_dict()), {**meta, "seconds": seconds})
-  ckpt.close()
-  writer.close()
+  meta = {"config": cfg.to_dict(), "max_steps": max_steps, "vocab_size": len(tokenizer)}
+  job = trainer.TrainJob(init_params=lambda rng: init(rng, (1, 1)), loss_fn=make_loss_fn(model), batches=batches,
+                         optim=cfg.optim, init_rng=init_rng, rng=train_rng, ema_decay=tc.ema_decay,
+                         ema_warmup=tc.ema_warmup)
+  run = trainer.TrainRun(directory=out_dir, num_steps=max_steps, max_seconds=max_seconds, log_every=tc.log_every,
+                         ckpt_every=tc.ckpt_every, keep_checkpoints=tc.keep_checkpoints, meta=meta,
+                         check_meta=check_meta, desc="ar baseline", devices=devices)
+  trained = trainer.train(job, run)
+  state, step, start_step, stopped_by = trained.state, trained.step, trained.resumed_from, trained.stopped_by
+  stopped_by = "max_steps" if stopped_by == "num_steps" else stopped_by
+  seconds, final_loss = trained.seconds, trained.final_loss
 
   # The saved model holds the EMA weights (identical to the trained ones when ema_decay = 0).
-  params = jax.device_get(train_lib.unreplicate(state).ema_params)
+  params = jax.device_get(state.ema_params)
   model.save_pretrained(str(out_dir), params=params)
   tokenizer.save_pretrained(str(out_dir))
   result = {
       "num_params": num_params, "steps": step, "max_steps": max_steps, "seconds": seconds,
       "max_seconds": max_seconds or None, "stopped_by": stopped_by, "final_loss": final_loss,
-      "steps_per_s": session_steps / session_seconds if session_steps else None, "resumed_from": start_step,
+      "steps_per_s": trained.steps_per_s if step > start_step else None, "resumed_from": start_step,
       **framing, "model": {k: cfg.model[k] for k in ("n_layer", "n_embd", "n_head", "n_positions")},
       "out_dir": str(out_dir)}
-  if valid_texts and stopped_by != "sigterm":  # A preempted job has seconds left: save, skip the scoring.
+  if valid_texts and stopped_by != "signal":  # A preempted job has seconds left: save, skip the scoring.
     result.update(evaluate_valid(model, params, tokenizer, valid_texts, max_length=cfg.data.max_length,
                                  batch_size=tc.eval_batch_size, name=f"ar_baseline@{step}"))
   (out_dir / "ar_result.json").write_text(json.dumps(result, indent=2))

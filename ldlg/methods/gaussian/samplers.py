@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldlg.methods.gaussian import parameterization as param_lib
+from ldlg.methods.gaussian.noise import batch_normal
 from ldlg.methods.gaussian.denoise_fn import DenoiseFn
 from ldlg.methods.gaussian.schedules import Schedule
 
@@ -149,6 +150,9 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
       mask: [B, L] bool, True = valid (e.g. `mask_from_lengths`);
       class_id: [B] int in [0, C] or None (unconditional: the denoiser's null class, no guidance);
       latent_dim: D (static);
+      example_offset, global_batch: this call's rows are rows example_offset.. of a global batch of
+        global_batch (static) drawn as one: a batch sharded over devices samples exactly what one call on the
+        whole batch would (see noise.batch_normal); defaults: the call is the whole batch;
       x0: [B, L, D] float32 samples, 0 at padded positions;
       trajectory: [K, B, L, D] x̂0 at the requested steps, in the order given.
   """
@@ -188,8 +192,8 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
       x0 = jnp.clip(x0, -clip_x0, clip_x0)
     return jnp.where(mask[..., None], x0, 0.0)
 
-  @functools.partial(jax.jit, static_argnames=("latent_dim",))
-  def sample(params, rng, mask, class_id=None, latent_dim=None):
+  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
+  def sample(params, rng, mask, class_id=None, latent_dim=None, example_offset=0, global_batch=None):
     if latent_dim is None:
       raise ValueError("sample() needs latent_dim (the width D of the latents, e.g. config.model.latent_dim)")
     if mask.ndim != 2 or mask.dtype != jnp.bool_:
@@ -202,14 +206,15 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
     shape = mask.shape + (latent_dim,)
     valid = mask[..., None]
     k_init, k_steps, k_net = jax.random.split(rng, 3)
-    z = jnp.where(valid, jax.random.normal(k_init, shape, jnp.float32), 0.0)
+    z = jnp.where(valid, batch_normal(k_init, shape, example_offset, global_batch), 0.0)
     traj = jnp.zeros((len(traj_steps),) + shape, jnp.float32)
 
     def step(carry, x):
       z, estimate, traj = carry
       x0 = x0_estimate(params, z, x["t"], mask, estimate, x["step"] > 0, class_id, x["alpha_bar"],
                        jax.random.fold_in(k_net, x["step"]))
-      noise = jnp.where(valid, jax.random.normal(jax.random.fold_in(k_steps, x["step"]), shape), 0.0)
+      noise = jnp.where(valid, batch_normal(jax.random.fold_in(k_steps, x["step"]), shape, example_offset,
+                                            global_batch), 0.0)
       z = x["a"] * x0 + x["b"] * z + x["sigma"] * noise
       if traj_steps.size:
         hit = jnp.asarray(traj_steps) == x["step"]

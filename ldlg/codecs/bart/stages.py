@@ -1,0 +1,62 @@
+"""The BART codec's own stages: pretraining our BART (offline configs) and the latent precompute.
+
+pretrain_autoencoder  <workdir>/autoencoder/: tokenizer + BART (HF format), reconstruction.json marks it done
+                      (only when config.autoencoder.pretrain)
+precompute            <workdir>/latents/<split>/: latent shards; manifest.json with "complete": true marks it done
+"""
+
+import json
+
+from absl import logging
+
+from ldlg.codecs.bart import codec as bart_codec
+from ldlg.data.splits import load_texts
+from ldlg.engine import signals
+from ldlg.engine.stage import Stage
+from ldlg.engine.workdir import Workdir
+
+
+def pretrain_autoencoder(config, workdir: Workdir, data_dir) -> None:
+  if not config.autoencoder.pretrain:
+    logging.info("config.autoencoder.pretrain is False: using the pretrained %s.", config.autoencoder.name)
+    return
+  from ldlg.codecs.bart import pretrain
+  train = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.train_split)]
+  valid = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.eval_split)]
+  result = pretrain.pretrain_autoencoder(config.autoencoder, train, valid, workdir.autoencoder_dir)
+  if result.get("stopped_by") == "signal":
+    raise signals.Interrupted(f"autoencoder pretraining was interrupted at step {result['step']} (checkpoint "
+                              "saved)")
+  logging.info("Autoencoder: %s", json.dumps({k: v for k, v in result.items() if k != "out_dir"}))
+
+
+def pretrain_done(config, workdir: Workdir) -> bool:
+  return not config.autoencoder.pretrain or (workdir.autoencoder_dir / "reconstruction.json").exists()
+
+
+def precompute(config, workdir: Workdir, data_dir) -> None:
+  from ldlg.data import datasets
+  from ldlg.data import precompute as precompute_lib
+  autoencoder = bart_codec.load_autoencoder(config, workdir)
+  spec, _ = datasets.get_spec(config.data.name)
+  for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
+    records = load_texts(config, data_dir, workdir, split)
+    manifest = precompute_lib.precompute_latents(
+        autoencoder, records, workdir.root / "latents", split=split, dtype=config.data.latent_dtype,
+        shard_size=config.data.shard_size, batch_size=config.data.encode_batch_size,
+        label_set=spec.label_set if config.model.num_classes > 0 else None,
+        compute_stats=split == config.data.train_split)
+    logging.info("Latents for %s: %d examples, text stats %s", split, manifest["num_examples"],
+                 manifest["text_stats"])
+
+
+def precompute_done(config, workdir: Workdir) -> bool:
+  for split in (config.data.train_split, config.data.eval_split):
+    manifest = workdir.latents_dir(split) / "manifest.json"
+    if not manifest.exists() or not json.loads(manifest.read_text()).get("complete"):
+      return False
+  return True
+
+
+PRETRAIN = Stage("pretrain_autoencoder", pretrain_autoencoder, pretrain_done)
+PRECOMPUTE = Stage("precompute", precompute, precompute_done)

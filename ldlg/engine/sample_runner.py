@@ -1,0 +1,154 @@
+"""The one sample runner: a method's compiled sampler sharded over the local devices, the codec's decoder,
+empty outputs re-drawn, and `samples.jsonl` written atomically.
+
+A method supplies three functions (see `SampleRunner`); the runner owns batching, the per-batch keys, the
+re-draw rounds, the device sharding and the file. Batch `start` of round r uses the key
+`fold_in(fold_in(key(seed), r), start)` and the host generator `default_rng(seed)` in batch order, so the same
+seed and settings give the same texts. The batch is split over devices with pmap; each device is told its
+offset in the batch, and a method that draws its noise for the whole batch and slices it (the Gaussian
+samplers do, see ldlg/methods/gaussian/noise.py) gives the same samples on any number of devices.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+import tqdm
+
+from ldlg.engine import parallel
+
+# (params, rng, inputs {name: [b, ...]}, example_offset, global_batch) -> outputs pytree of [b, ...] arrays.
+DeviceFn = Callable[[Any, jax.Array, dict, Any, int], Any]
+# (host generator, batch size, class ids [batch size] or None) -> (inputs {name: [G, ...] host arrays},
+# per-row record fields [G] dicts).
+InputsFn = Callable[[np.random.Generator, int, np.ndarray | None], tuple[dict, list[dict]]]
+# (outputs pytree of [G, ...] host arrays, inputs) -> G texts.
+DecodeFn = Callable[[Any, dict], list[str]]
+
+
+def resolve_class_ids(num_classes: int, num_samples: int, class_id: int | None) -> np.ndarray | None:
+  """Class ids of the samples: balanced over classes (class_id None or -1), one class, or None (unconditional).
+
+  Raises:
+    ValueError: a class id out of range, or one given to an unconditional model.
+  """
+  if num_classes == 0:
+    if class_id is not None and class_id != -1:
+      raise ValueError(f"class_id={class_id} was given, but the model is unconditional (num_classes=0); "
+                       "leave --config.sample.class_id at -1")
+    return None
+  if class_id is None or class_id == -1:
+    return (np.arange(num_samples) % num_classes).astype(np.int32)
+  if not 0 <= class_id <= num_classes:
+    raise ValueError(f"class_id={class_id} is out of range: the model has {num_classes} classes (0.."
+                     f"{num_classes - 1}; {num_classes} = unconditional, -1 = balanced over classes)")
+  return np.full((num_samples,), class_id, np.int32)
+
+
+def usable_devices(batch_size: int, devices: Sequence[jax.Device] | None = None) -> list[jax.Device]:
+  """The most local devices (a divisor of batch_size) a batch can be split over evenly."""
+  devices = list(devices or jax.local_devices())
+  n = len(devices)
+  while batch_size % n:
+    n -= 1
+  return devices[:n]
+
+
+@dataclasses.dataclass
+class SampleRunner:
+  """Draws texts with a method's sampler, sharded over devices.
+
+  Attributes:
+    device_fn: the method's sampler for one device's rows (see DeviceFn); traced once per shape.
+    make_inputs: builds a batch's host inputs (lengths, masks, class ids) and the per-row record fields.
+    decode: the codec's decoder, outputs -> texts.
+    devices: devices to shard over (default all local; reduced to a divisor of the batch size).
+  """
+  device_fn: DeviceFn
+  make_inputs: InputsFn
+  decode: DecodeFn
+  devices: Sequence[jax.Device] | None = None
+
+  def __post_init__(self):
+    self._compiled = {}
+    self.last_empty_count = 0
+
+  def _pmapped(self, devices: tuple):
+    if devices not in self._compiled:
+      n = len(devices)
+      def per_device(params, rng, inputs):
+        b = jax.tree.leaves(inputs)[0].shape[0]
+        return self.device_fn(params, rng, inputs, parallel.device_index() * b, b * n)
+      self._compiled[devices] = jax.pmap(per_device, axis_name=parallel.AXIS, in_axes=(0, None, 0),
+                                         devices=list(devices))
+    return self._compiled[devices]
+
+  def sample(self, params: Any, *, num_samples: int, seed: int, batch_size: int,
+             class_ids: np.ndarray | None = None, max_redraws: int = 5, progress: bool = False) -> list[dict]:
+    """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
+
+    Returns:
+      Records {"index", "text", "round" (0 = first draw), **the row's fields from make_inputs}, in index order.
+    """
+    if num_samples < 1:
+      raise ValueError(f"num_samples={num_samples}: sample at least one text (--config.sample.num_samples)")
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size} must be >= 1")
+    devices = tuple(usable_devices(batch_size, self.devices))
+    p_sample = self._pmapped(devices)
+    replicated = parallel.replicate(params, devices)
+    n_dev = len(devices)
+    rng_np = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
+    todo = list(range(num_samples))
+    results: dict[int, dict] = {}
+    empties = 0
+    for round_ in range(max_redraws + 1):
+      if not todo:
+        break
+      bar = tqdm.tqdm(total=len(todo), desc=f"sample (round {round_})", disable=not progress,
+                      mininterval=2.0)
+      for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
+        cls = None
+        if class_ids is not None:
+          cls = np.zeros((batch_size,), np.int32)
+          cls[:len(idx)] = class_ids[idx]
+        inputs, fields = self.make_inputs(rng_np, batch_size, cls)
+        batch_key = jax.random.fold_in(jax.random.fold_in(key, round_), start)
+        outputs = p_sample(replicated, batch_key, parallel.shard_batch(inputs, n_dev))
+        outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), jax.device_get(outputs))
+        texts = self.decode(outputs, inputs)
+        for j, i in enumerate(idx):
+          text = texts[j].strip()
+          if not text:
+            empties += 1
+            continue
+          results[i] = {"index": i, "text": text, **fields[j], "round": round_}
+        bar.update(len(idx))
+      bar.close()
+      todo = [i for i in todo if i not in results]
+    if todo:
+      logging.warning("%d of %d samples were still empty after %d re-draws; they are written as empty text.",
+                      len(todo), num_samples, max_redraws)
+      for i in todo:
+        results[i] = {"index": i, "text": "", "round": max_redraws}
+    if empties:
+      logging.info("%d empty decodes were re-drawn.", empties)
+    self.last_empty_count = empties
+    return [results[i] for i in range(num_samples)]
+
+
+def write_samples(records: Sequence[dict], path: pathlib.Path, settings: dict) -> None:
+  """Writes one JSON object per line (each record with `settings` added), atomically (temp file + rename)."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps({**record, **settings}, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)

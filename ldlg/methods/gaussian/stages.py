@@ -1,0 +1,133 @@
+"""The train and sample stages of Gaussian latent diffusion, on the engine's trainer and sample runner.
+
+train   latents (BART codec's store) -> `<workdir>/checkpoints/` (state, EMA, data position, and what sampling
+        needs: normalization stats, length histogram, latent and codec identity), metrics.jsonl, tb/
+sample  checkpoint + codec -> `<workdir>/samples.jsonl`
+"""
+
+import jax
+from absl import logging
+import ml_collections
+
+from ldlg.codecs.bart import codec as bart_codec
+from ldlg.codecs.bart import stages as bart_stages
+from ldlg.engine import checkpoints
+from ldlg.engine import sample_runner
+from ldlg.engine import signals
+from ldlg.engine import trainer
+from ldlg.engine.stage import Stage
+from ldlg.engine.workdir import Workdir, config_digest
+from ldlg.methods.gaussian.method import GaussianDiffusion
+
+
+def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=None):
+  """(TrainJob, TrainRun, store) of a run: the method, its latent batches and the checkpoint meta."""
+  store = bart_codec.open_latent_store(config, workdir, config.data.train_split)
+  bart_codec.check_latents_match_model(config, store)
+  devices = list(devices or jax.local_devices())
+  num_global = len(devices) * jax.process_count()
+  if config.train.batch_size % num_global:
+    raise ValueError(
+        f"config.train.batch_size={config.train.batch_size} is not divisible by the {num_global} devices; "
+        f"use a multiple of {num_global}.")
+  method = GaussianDiffusion.from_config(config)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  meta = {"config": config.to_dict(), "method": method.name, **bart_codec.sampling_meta(store)}
+
+  def check_meta(saved: dict) -> None:
+    if saved.get("latents") != meta["latents"]:
+      raise ValueError(f"the checkpoint in {workdir.checkpoint_dir} was trained on other latents "
+                       f"({saved.get('latents')}) than {store.path} ({meta['latents']}); use a new workdir")
+
+  def batches(start_step: int):
+    return store.batches(
+        config.train.batch_size, num_local_devices=len(devices), seed=config.seed, start_step=start_step,
+        length_bucketed=config.data.length_bucketed, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  job = trainer.TrainJob(init_params=method.init_params, loss_fn=method.loss_fn, batches=batches,
+                         optim=config.optim, init_rng=init_rng, rng=train_rng,
+                         ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
+  is_primary = jax.process_index() == 0
+  hooks = []
+  if config.train.sample_every and is_primary:
+    hooks.append((config.train.sample_every, _log_samples_hook(config, workdir, meta)))
+  run = trainer.TrainRun(
+      directory=workdir.root, num_steps=config.train.num_steps, log_every=config.train.log_every,
+      ckpt_every=config.train.ckpt_every, keep_checkpoints=config.train.keep_checkpoints, meta=meta,
+      check_meta=check_meta, divergence_factor=config.train.get("divergence_factor", 100.0),
+      divergence_patience=config.train.get("divergence_patience", 0), hooks=hooks, desc="train",
+      devices=devices, is_primary=is_primary)
+  return job, run, store
+
+
+def _log_samples_hook(config, workdir, meta):
+  """Decodes a few samples from the EMA params into the logs every `sample_every` steps."""
+  state = {}
+
+  def hook(step, get_state):
+    from ldlg.engine import metric_writer
+    from ldlg.methods.gaussian.text_sampler import TextSampler
+    if "sampler" not in state:  # Loads the autoencoder: only once samples are due.
+      state["sampler"] = TextSampler.from_meta(config, workdir, meta)
+    texts = state["sampler"].sample(get_state().ema_params, num_samples=config.train.num_log_samples, seed=step)
+    joined = "\n".join(r["text"] for r in texts)
+    writer = metric_writer.MetricWriter(workdir.metrics_file, workdir.tensorboard_dir)
+    writer.write_texts(step, {"samples": joined})
+    writer.close()
+    logging.info("Samples at step %d:\n%s", step, joined)
+
+  return hook
+
+
+def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> trainer.TrainResult:
+  """`--mode=train`: trains the denoiser to config.train.num_steps, resuming from the latest checkpoint."""
+  del data_dir
+  job, run, _ = train_job(config, workdir)
+  result = trainer.train(job, run)
+  if result.stopped_by == "signal":
+    raise signals.Interrupted(f"training was interrupted at step {result.step} (checkpoint saved)")
+  if result.stopped_by == "divergence":
+    raise FloatingPointError(f"training stopped at step {result.step}: the loss diverged (see the warnings "
+                             "above); lower --config.optim.lr")
+  return result
+
+
+def train_done(config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
+  if not workdir.checkpoint_dir.exists():
+    return False
+  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
+  try:
+    latest = ckpt.latest_step()
+  finally:
+    ckpt.close()
+  return latest is not None and latest >= config.train.num_steps
+
+
+def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> list[dict]:
+  """`--mode=sample`: writes `<workdir>/samples.jsonl` (one JSON object per line, field `text`)."""
+  del data_dir
+  from ldlg.methods.gaussian.text_sampler import TextSampler
+  sampler = TextSampler.from_workdir(config, workdir, step=config.sample.checkpoint_step)
+  params = sampler.load_params(config.sample.checkpoint_step)
+  class_id = None if config.sample.class_id < 0 else config.sample.class_id
+  records = sampler.sample(params, num_samples=config.sample.num_samples, seed=config.sample.seed,
+                           class_id=class_id, progress=True)
+  settings = {"seed": config.sample.seed, "sampler": config.sample.sampler,
+              "num_steps": config.sample.num_steps, "eta": config.sample.eta,
+              "guidance_scale": config.sample.guidance_scale, "num_beams": config.autoencoder.num_beams}
+  sample_runner.write_samples(records, workdir.samples_file, settings)
+  logging.info("Wrote %d samples to %s (%d empty decodes re-drawn).", len(records), workdir.samples_file,
+               sampler.last_empty_count)
+  return records
+
+
+def sample_done(config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
+  return workdir.samples_file.exists()
+
+
+def stages() -> tuple[Stage, ...]:
+  """The stages of a Gaussian latent diffusion run, in order."""
+  from ldlg.evaluation.stage import EVALUATE
+  return (bart_stages.PRETRAIN, bart_stages.PRECOMPUTE, Stage("train", train, train_done, single_host=False),
+          Stage("sample", sample, sample_done), EVALUATE)

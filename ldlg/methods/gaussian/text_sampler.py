@@ -1,0 +1,141 @@
+"""Sampling text from a Gaussian latent diffusion run: EMA params -> latents (the sampler) -> BART decoding -> text.
+
+`TextSampler` needs only a checkpoint and the codec: the checkpoint carries the normalization statistics and the
+length histogram (see `codecs.bart.codec.sampling_meta`). The Colab notebook, the training job's periodic samples
+and `--mode=sample` use it the same way:
+
+    sampler = TextSampler.from_workdir(config, workdir)
+    params = sampler.load_params()                  # EMA params of the latest checkpoint
+    records = sampler.sample(params, num_samples=8, seed=0)
+
+Sampling runs through the engine's `SampleRunner`, sharded over the local devices; the result does not depend
+on how many devices there are.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ldlg.codecs.bart import codec as bart_codec
+from ldlg.engine import checkpoints
+from ldlg.engine import sample_runner
+from ldlg.engine.workdir import Workdir
+from ldlg.methods.gaussian.method import GaussianDiffusion
+
+
+def full_target(config: ml_collections.ConfigDict, abstract_params: Any) -> dict:
+  """The abstract saved train state (optimizer state included) to restore a checkpoint into."""
+  from ldlg.engine import train_state as train_state_lib
+  tx = train_state_lib.make_optimizer(config.optim, config.train.num_steps)
+  opt_state = jax.eval_shape(tx.init, abstract_params)
+  return {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+          "ema_params": abstract_params, "opt_state": opt_state}
+
+
+def read_sampling_meta(workdir: Workdir, step: int = -1) -> dict:
+  """The checkpoint's meta (stats, length_counts, latents, codec, config); raises naming the stage to run."""
+  if not workdir.checkpoint_dir.exists():
+    raise FileNotFoundError(f"no checkpoint in {workdir.checkpoint_dir}: the train stage has not run in this "
+                            "workdir. Run --mode=train (or --mode=pipeline) first.")
+  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
+  try:
+    return ckpt.restore_meta(step)
+  finally:
+    ckpt.close()
+
+
+@dataclasses.dataclass
+class TextSampler:
+  """Everything one needs to sample text from a trained Gaussian latent diffusion model.
+
+  Attributes:
+    config: the run's config.
+    workdir: the run's workdir (checkpoints).
+    method: the `GaussianDiffusion` (network, schedule, samplers).
+    codec: the `BartLatentCodec` (decoding with the run's settings).
+    mean: [D] per-channel latent mean; std: one scalar std (as the reference code).
+    length_probs: [max_len + 1] empirical P(length); index = number of tokens.
+  """
+  config: ml_collections.ConfigDict
+  workdir: Workdir
+  method: GaussianDiffusion
+  codec: Any
+  mean: np.ndarray
+  std: float
+  length_probs: np.ndarray
+
+  @classmethod
+  def from_meta(cls, config: ml_collections.ConfigDict, workdir: Workdir, meta: dict, *,
+                codec=None) -> "TextSampler":
+    """From a checkpoint's meta (or the same dict built from a latent store before the first checkpoint)."""
+    hist = np.asarray(meta["length_counts"], np.float64)
+    if hist.sum() <= 0:
+      raise ValueError("the checkpoint's length histogram is empty; re-run --mode=precompute and --mode=train")
+    method = GaussianDiffusion.from_config(config)
+    codec = codec or bart_codec.BartLatentCodec.from_config(config, workdir)
+    if codec.latent_dim != config.model.latent_dim:
+      raise ValueError(f"the autoencoder {codec.autoencoder.name} has latent width {codec.latent_dim}, the model "
+                       f"expects {config.model.latent_dim}: the checkpoint was trained with another codec")
+    return cls(config=config, workdir=workdir, method=method, codec=codec,
+               mean=np.asarray(meta["stats"]["mean"], np.float32), std=float(meta["stats"]["std"]),
+               length_probs=hist / hist.sum())
+
+  @classmethod
+  def from_workdir(cls, config: ml_collections.ConfigDict, workdir: Workdir, *, step: int = -1) -> "TextSampler":
+    """From the checkpoint (latest when step < 0) and the codec alone: no latent store needed."""
+    return cls.from_meta(config, workdir, read_sampling_meta(workdir, step))
+
+  def __post_init__(self):
+    sample_fn = self.method.make_sampler(self.config.sample)
+
+    def device_fn(params, rng, inputs, example_offset, global_batch):
+      return sample_fn(params, rng, inputs["mask"], inputs.get("class_id"), example_offset=example_offset,
+                       global_batch=global_batch)
+
+    self._runner = sample_runner.SampleRunner(device_fn, self._make_inputs, self._decode)
+
+  def _make_inputs(self, rng_np: np.random.Generator, batch_size: int, class_ids):
+    max_len = self.config.model.max_len
+    lengths = rng_np.choice(len(self.length_probs), size=batch_size, p=self.length_probs)
+    lengths = np.clip(lengths, 1, max_len)
+    inputs = {"mask": np.arange(max_len)[None, :] < lengths[:, None]}
+    fields = [{"length": int(n)} for n in lengths]
+    if class_ids is not None:
+      inputs["class_id"] = class_ids
+      for f, c in zip(fields, class_ids):
+        f["class_id"] = int(c)
+    return inputs, fields
+
+  def _decode(self, x0, inputs) -> list[str]:
+    latents = np.asarray(x0, np.float32) * self.std + self.mean  # Un-normalize before decoding.
+    return self.codec.decode(latents, inputs["mask"])
+
+  @property
+  def last_empty_count(self) -> int:
+    return self._runner.last_empty_count
+
+  def load_params(self, step: int = -1):
+    """EMA params of a checkpoint (latest when step < 0)."""
+    abstract = self.method.init_params(jax.random.PRNGKey(0), abstract=True)
+    ckpt = checkpoints.Checkpointer(self.workdir.checkpoint_dir)
+    try:
+      saved, _ = ckpt.restore(full_target(self.config, abstract), step)
+    finally:
+      ckpt.close()
+    return saved["ema_params"]
+
+  def sample(self, params, *, num_samples: int, seed: int, class_id: int | None = None,
+             batch_size: int | None = None, progress: bool = False) -> list[dict]:
+    """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
+
+    Same params, seed and settings give the same texts. Returns records with index, text, length, class_id
+    (class-conditional models) and round (0 = first draw).
+    """
+    class_ids = sample_runner.resolve_class_ids(self.method.num_classes, num_samples, class_id)
+    return self._runner.sample(params, num_samples=num_samples, seed=seed,
+                               batch_size=batch_size or self.config.sample.batch_size, class_ids=class_ids,
+                               max_redraws=self.config.sample.max_redraws, progress=progress)
