@@ -22,6 +22,7 @@ from ldlg.data import builders
 from ldlg.data import datasets
 from ldlg.data.builders import e2e as e2e_lib
 from ldlg.data.builders import sst2 as sst2_lib
+from ldlg.data.seq2seq import group_references
 from ldlg.data.text import clean_up_tokenization
 
 BUILD_SECONDS = {}
@@ -88,6 +89,17 @@ def test_e2e_contents(load, data_dir):
   train = load("e2e", "train")
   assert train[0]["text"] == "The Vaults pub near Café Adriatic has a 5 star rating. Prices start at £ 30."
   assert not any(" ." in r["text"] or "||" in r["text"] or r["text"] != r["text"].strip() for r in train)
+
+
+def test_e2e_pairs_grouped_by_meaning_representation(load):
+  valid = load("e2e", "validation")
+  groups = group_references(valid)
+  assert len(groups) == 547 and sum(len(refs) for _, refs in groups) == len(valid) == 4672
+  assert [src for src, _ in groups] == list(dict.fromkeys(r["source"] for r in valid))  # first-seen order
+  source, refs = groups[0]
+  assert source == valid[0]["source"] and refs == [r["text"] for r in valid if r["source"] == source]
+  with pytest.raises(ValueError, match="needs \\(source, target\\) pairs"):
+    group_references(load("sst", "validation"))
 
 
 def test_sst_labels_follow_the_paper(load):
