@@ -184,7 +184,8 @@ def _data(c: Checker) -> None:
     split = c.get(field)
     if split is _MISSING:
       continue
-    base = datasets._SPLIT_ALIASES.get(str(split).split("[")[0], str(split).split("[")[0])  # pylint: disable=protected-access
+    base = str(split).split("[")[0]  # "train[:1000]" slices the train split
+    base = datasets.SPLIT_ALIASES.get(base, base)
     if base not in known:
       c.add(field, split, f"a split of {spec.name}: one of {tuple(sorted(known))}",
             f"set --config.{field} to one of them" +

@@ -62,7 +62,7 @@ def test_dataset_configs_link_length_and_class_count(name):
 
 
 BAD_VALUES = [
-    # (config, field, value, words the message must hold besides "config.<field>=<value>")
+    # (config[:variant], field set to value, words the message must hold besides "config.<field>=<value>")
     ("default", "optim.lr", 0.0, "> 0"),
     ("default", "optim.b2", 1.0, "[0.0, 1.0)"),
     ("default", "diffusion.self_condition_prob", 1.5, "[0.0, 1.0]"),
@@ -96,7 +96,8 @@ BAD_VALUES = [
     ("e2e:cpu", "autoencoder.max_decode_length", 200, "<= config.autoencoder.max_position_embeddings=128"),
     ("e2e:cpu", "model.latent_dim", 64, "equal to config.autoencoder.d_model=128"),
     ("e2e:cpu", "autoencoder.mask_ratio", 1.2, "[0.0, 1.0]"),
-    ("e2e:cpu", "autoencoder.attention_heads", 3, ""),  # reported on d_model: 128 is not a multiple of 3
+    ("e2e:cpu", "autoencoder.attention_heads", 3,
+     "config.autoencoder.d_model=128: must be a multiple of config.autoencoder.attention_heads=3"),
 ]
 
 
@@ -108,11 +109,7 @@ def test_each_bad_value_is_caught_naming_the_field(config_name, field, value, wo
   with pytest.raises(cv.ConfigError) as err:
     cv.validate_config(config)
   message = str(err.value)
-  if field == "autoencoder.attention_heads":
-    assert "config.autoencoder.d_model=128: must be a multiple of config.autoencoder.attention_heads=3" in message
-  else:
-    assert f"config.{field}={value!r}: must be" in message and words in message
-    assert "Fix: " in message
+  assert f"config.{field}={value!r}" in message and words in message and "Fix: " in message
   assert isinstance(err.value, ValueError)
 
 

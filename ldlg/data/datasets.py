@@ -38,7 +38,7 @@ from ldlg.data import builders
 from ldlg.data import fingerprint as fingerprint_lib
 from ldlg.data.errors import DataError
 
-_SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +299,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike, *,
     builders.MissingDataError: raw files missing (the message says which to put where).
   """
   spec, _ = get_spec(name)
-  split = _SPLIT_ALIASES.get(split, split)
+  split = SPLIT_ALIASES.get(split, split)
   base_split = split.split("[")[0]
   builder = prepare_builder(name, data_dir, tfds_dir=tfds_dir, allow_download=allow_download)
   available = list(builder.info.splits.keys())

@@ -16,7 +16,3 @@ It subclasses `ValueError`, so code that already catches `ValueError` keeps work
 class DataError(ValueError):
   """Bad or missing input data; the message says which file, which line or row, and what to do."""
 
-
-def where(path, line: int | None = None) -> str:
-  """`path:line` (or just `path`) as used at the start of every DataError message."""
-  return f"{path}:{line}" if line is not None else str(path)
