@@ -12,6 +12,7 @@ Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corp
 """
 
 from configs import default
+from ldlg.data import datasets
 
 
 def get_config(arg: str | None = None):
@@ -20,8 +21,8 @@ def get_config(arg: str | None = None):
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.max_length = 64
-  config.model.max_len = 64
-  config.model.num_classes = 4
+  config.model.max_len = config.data.get_ref("max_length")
+  config.model.num_classes = datasets.DATASETS["ag_news"].num_classes  # 4; 0 would train unconditionally
   if arg == "cpu":
     default.make_cpu_sized(config)
   elif arg:

@@ -13,6 +13,7 @@ denoiser. This is the README's main job.
 """
 
 from configs import default
+from ldlg.data import datasets
 
 
 def get_config(arg: str | None = None):
@@ -20,6 +21,8 @@ def get_config(arg: str | None = None):
   config.data.name = "e2e"
   config.data.train_split = "train"
   config.data.eval_split = "validation"
+  config.model.max_len = config.data.get_ref("max_length")
+  config.model.num_classes = datasets.DATASETS["e2e"].num_classes  # 0: unconditional
   if arg == "cpu":
     default.make_cpu_sized(config)
   elif arg:

@@ -13,6 +13,7 @@ Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corp
 """
 
 from configs import default
+from ldlg.data import datasets
 
 
 def get_config(arg: str | None = None):
@@ -21,10 +22,13 @@ def get_config(arg: str | None = None):
   config.data.train_split = "validation"
   config.data.eval_split = "test"
   config.data.max_length = 128
-  config.model.max_len = 128
-  config.model.num_classes = 0
+  config.model.max_len = config.data.get_ref("max_length")
+  config.model.num_classes = datasets.DATASETS["rocstories"].num_classes  # 0: unconditional
   if arg == "cpu":
     default.make_cpu_sized(config)
+    # Stories decode up to max_length + 1 tokens (decoder start included): the small BART's learned
+    # positions must cover that (default.py's 128 would stop one token short).
+    config.autoencoder.max_position_embeddings = config.autoencoder.get_ref("max_decode_length")
   elif arg:
     raise ValueError(f"unknown variant {arg!r} for configs/rocstories.py; use no variant (paper) or ':cpu'")
   return config

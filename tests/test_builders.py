@@ -22,6 +22,7 @@ from ldlg.data import builders
 from ldlg.data import datasets
 from ldlg.data.builders import e2e as e2e_lib
 from ldlg.data.builders import sst2 as sst2_lib
+from ldlg.data.seq2seq import group_references
 from ldlg.data.text import clean_up_tokenization
 
 BUILD_SECONDS = {}
@@ -78,14 +79,27 @@ def test_e2e_contents(load, data_dir):
   valid = load("e2e", "validation")
   assert valid[0] == {
       "text": "There is a place in the city centre, Alimentum, that is not family - friendly.",
-      "mr": "name : Alimentum | area : city centre | family friendly : no"}
+      "mr": "name : Alimentum | area : city centre | family friendly : no",
+      "source": "name : Alimentum | area : city centre | family friendly : no"}
   with open(data_dir / "e2e" / "src1_valid.txt", encoding="utf-8") as fh:
     raw = [line.rstrip("\n").split("||") for line in fh]
   assert [r["text"] for r in valid] == [clean_up_tokenization(t.strip()) for _, t in raw]
   assert [r["mr"] for r in valid] == [m.strip() for m, _ in raw]
+  assert all(r["source"] == r["mr"] for r in valid)
   train = load("e2e", "train")
   assert train[0]["text"] == "The Vaults pub near Café Adriatic has a 5 star rating. Prices start at £ 30."
   assert not any(" ." in r["text"] or "||" in r["text"] or r["text"] != r["text"].strip() for r in train)
+
+
+def test_e2e_pairs_grouped_by_meaning_representation(load):
+  valid = load("e2e", "validation")
+  groups = group_references(valid)
+  assert len(groups) == 547 and sum(len(refs) for _, refs in groups) == len(valid) == 4672
+  assert [src for src, _ in groups] == list(dict.fromkeys(r["source"] for r in valid))  # first-seen order
+  source, refs = groups[0]
+  assert source == valid[0]["source"] and refs == [r["text"] for r in valid if r["source"] == source]
+  with pytest.raises(ValueError, match="needs \\(source, target\\) pairs"):
+    group_references(load("sst", "validation"))
 
 
 def test_sst_labels_follow_the_paper(load):
@@ -220,10 +234,10 @@ def test_download_path_e2e(monkeypatch, tmp_path, http_root):
   names = {"train": "train", "validation": "valid", "test": "test"}
   _with_urls(monkeypatch, e2e_lib.LdlgE2e, lambda f: f"{base}/src1_{names[f.key]}.txt")
   train = datasets.load_split("e2e", "train", tmp_path / "no_raw", tfds_dir=tmp_path / "tfds")
-  assert list(train) == [{"text": "A is nice.", "mr": "name : A | area : x"},
-                         {"text": "B is bad, ok.", "mr": "name : B"}]
+  assert list(train) == [{"text": "A is nice.", "mr": "name : A | area : x", "source": "name : A | area : x"},
+                         {"text": "B is bad, ok.", "mr": "name : B", "source": "name : B"}]
   valid = datasets.load_split("e2e", "validation", tmp_path / "no_raw", tfds_dir=tmp_path / "tfds")
-  assert list(valid) == [{"text": "C's fine.", "mr": "name : C"}]
+  assert list(valid) == [{"text": "C's fine.", "mr": "name : C", "source": "name : C"}]
 
 
 def test_download_path_sst2_zip(monkeypatch, tmp_path, http_root):

@@ -158,3 +158,13 @@ def test_unlabelled_records_with_source_field(tmp_path, records, tokenizer):
   assert store.labels is None and store.mean is None
   assert store[3]["source"] == "extra source words" and "label" not in store[3]
   assert not (tmp_path / "validation" / "shard-00000" / "labels.npy").exists()
+
+
+def test_manifest_records_the_provenance_of_load_split_records(tmp_path, records, tokenizer):
+  class WithProvenance(list):
+    provenance = {"dataset": "e2e", "fingerprint": "ab" * 32}
+
+  manifest = run(make_ae(tokenizer), WithProvenance(records[:30]), tmp_path)
+  assert manifest["provenance"] == WithProvenance.provenance
+  manifest = run(make_ae(tokenizer), records[:30], tmp_path / "b", provenance={"fingerprint": "cd"})
+  assert manifest["provenance"] == {"fingerprint": "cd"}

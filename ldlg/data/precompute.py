@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ldlg.data import latent_store as ls
 from ldlg.data import text as text_lib
+from ldlg.data.errors import DataError
 
 # Manifest keys that must match for a re-run to resume an existing folder.
 _RESUME_KEYS = ("format_version", "split", "autoencoder", "tokenizer", "max_length", "latent_dim",
@@ -179,6 +180,7 @@ def precompute_latents(
     invalid_utf8: text_lib.InvalidUtf8Policy = "replace",
     compute_stats: bool | None = None,
     show_progress: bool = True,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Encodes `records` and writes them as a latent store at `<out_dir>/<split>`.
 
@@ -195,14 +197,20 @@ def precompute_latents(
     invalid_utf8: "replace" or "drop", see `ldlg.data.text`.
     compute_stats: write stats.json (normalization stats); default: only for split == "train".
     show_progress: tqdm progress bar.
+    provenance: where the records came from, written to the manifest as "provenance" (default: the
+      `provenance` attribute of `records` when it has one, as `load_split` results do; see
+      `ldlg.data.datasets.raw_data_provenance`). Informational: `data_sha256` decides resumption.
 
   Returns:
     The final manifest (also in `<out_dir>/<split>/manifest.json`).
 
   Raises:
-    ValueError: no usable text, bad encoder output, latents overflowing `dtype`, or an existing folder
-      made with different data or settings.
+    DataError: no usable text, or a bad label (a ValueError, like the others).
+    ValueError: bad encoder output, latents overflowing `dtype`, or an existing folder made with
+      different data or settings.
   """
+  if provenance is None:
+    provenance = getattr(records, "provenance", None)
   if dtype not in ls.LATENT_DTYPES:
     raise ValueError(f"dtype must be one of {ls.LATENT_DTYPES}, got {dtype!r}")
   if shard_size <= 0 or batch_size <= 0:
@@ -214,7 +222,8 @@ def precompute_latents(
   cleaned, source_index, stats = text_lib.clean_records(records, label_set=label_set,
                                                         invalid_utf8=invalid_utf8)
   if not cleaned:
-    raise ValueError(f"split {split!r}: no text left after cleaning ({stats.summary()})")
+    raise DataError(f"split {split!r}: no text left after cleaning ({stats.summary()}); check that the "
+                    f"split's raw file holds text and that config.data names the right dataset and split")
   texts = [r["text"] for r in cleaned]
   token_lens = text_lib.token_lengths(tokenizer, texts)
   text_lib.count_truncated(stats, token_lens, max_length)
@@ -241,6 +250,8 @@ def precompute_latents(
       "string_fields": string_keys, "data_sha256": data_sha256,
       "text_stats": stats.as_dict(), "shards": [], "complete": False,
   }
+  if provenance:
+    manifest["provenance"] = dict(provenance)
   manifest_path = split_dir / ls.MANIFEST_FILE
   if manifest_path.is_file():
     with open(manifest_path, "r", encoding="utf-8") as fh:

@@ -11,7 +11,11 @@ Decisions (each tested in tests/test_text_pipeline.py):
   U+FFFD replacement characters and counted** (`invalid_utf8_replaced`): one bad byte should not lose a
   sentence, and the count tells you whether a source file has an encoding problem. With
   `invalid_utf8="drop"` such rows are **dropped and counted** (`dropped_invalid_utf8`) instead.
-- A label outside the dataset's label set **raises** `ValueError` naming the row and the allowed labels.
+  (Text read from raw files by the TFDS builders is already `str`: invalid UTF-8 in a file is replaced and
+  counted per file when the dataset is prepared, see `ldlg.data.builders._common.open_text`, and recorded
+  in the records' provenance.)
+- A label outside the dataset's label set **raises** `DataError` (a `ValueError`) naming the row and the
+  allowed labels.
   A wrong label set is a configuration bug (e.g. 1-based classes fed to a 0-based model); dropping those
   rows would silently change the class balance.
 - Over-long text is not cut here: the encoder truncates it to `max_length` tokens. `count_truncated`
@@ -24,6 +28,8 @@ import dataclasses
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
+
+from ldlg.data.errors import DataError
 
 InvalidUtf8Policy = Literal["replace", "drop"]
 
@@ -86,10 +92,11 @@ def _decode(text: Any, row: int, invalid_utf8: InvalidUtf8Policy) -> tuple[str |
 
 def _check_label(label: Any, row: int, label_set: frozenset[int] | None) -> int:
   if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-    raise ValueError(f"row {row}: label must be an integer, got {type(label).__name__} {label!r}")
+    raise DataError(f"row {row}: label must be an integer, got {type(label).__name__} {label!r}; map "
+                    f"label names to 0-based class indices before encoding")
   label = int(label)
   if label_set is not None and label not in label_set:
-    raise ValueError(f"row {row}: label {label} is not in the dataset's label set "
+    raise DataError(f"row {row}: label {label} is not in the dataset's label set "
                      f"{sorted(label_set)}; fix the data or the label mapping (e.g. 1-based classes "
                      f"must be shifted to 0-based)")
   return label
@@ -123,7 +130,8 @@ def clean_records(
   for row, record in enumerate(records):
     stats.total += 1
     if "text" not in record:
-      raise ValueError(f"row {row}: record has no 'text' field (keys: {sorted(record)})")
+      raise DataError(f"row {row}: record has no 'text' field (keys: {sorted(record)}); rename the "
+                      f"field holding the text to 'text'")
     text, replaced = _decode(record["text"], row, invalid_utf8)
     if text is None:
       stats.dropped_invalid_utf8 += 1
@@ -136,8 +144,8 @@ def clean_records(
     if has_labels is None:
       has_labels = labelled
     elif labelled != has_labels:
-      raise ValueError(f"row {row}: {'has' if labelled else 'has no'} label but earlier rows "
-                       f"{'do not' if labelled else 'do'}; labels must be given for all rows or none")
+      raise DataError(f"row {row}: {'has' if labelled else 'has no'} label but earlier rows "
+                      f"{'do not' if labelled else 'do'}; labels must be given for all rows or none")
     out = {k: (_decode(v, row, "replace")[0] if isinstance(v, (bytes, np.bytes_)) else v)
            for k, v in record.items()}
     out["text"] = text

@@ -5,6 +5,11 @@ directory first (candidates tried in order); files still missing are downloaded 
 `dl_manager.download` when the builder has a public URL for them and downloads are allowed. When a required
 file can be found neither way, `MissingDataError` says exactly which files to put in which folder.
 
+Bad input is reported, never silently mangled: every data problem raises `ldlg.data.DataError` naming the
+file, the line or row, and the fix (a split file with no examples, a malformed row). Bytes that are not
+valid UTF-8 are decoded with U+FFFD replacement characters (one bad byte should not lose a sentence), and
+counted per file in `LdlgBuilder.decode_report` with a warning naming the file and its first bad line.
+
 The builders write `array_record` files and are read with `builder.as_data_source()`, so no TensorFlow is
 needed. Examples are written in generation order (`disable_shuffling=True`): the order of the source files
 (or of the paper's seeded shuffle) is kept, which makes row-level checks and reproductions possible.
@@ -18,14 +23,19 @@ import io
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, MutableMapping
 
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ldlg.data.errors import DataError
 
-class MissingDataError(FileNotFoundError):
-  """Raised when a builder's required files are neither in manual_dir nor downloadable."""
+
+class MissingDataError(DataError, FileNotFoundError):
+  """Raised when a builder's required files are neither in manual_dir nor downloadable.
+
+  A `DataError` (the message says which files to put where) and, as before, a `FileNotFoundError`.
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +63,54 @@ class ResolvedFile:
   downloaded: bool
 
 
-def open_text(path: Path | str) -> io.TextIOBase:
-  """Opens a UTF-8 text file, transparently gunzipping `*.gz`; newlines are kept as written."""
-  path = Path(path)
+def _read_bytes(path: Path) -> bytes:
   if path.suffix == ".gz":
-    return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-  return open(path, "r", encoding="utf-8", newline="")
+    with gzip.open(path, "rb") as fh:
+      return fh.read()
+  return path.read_bytes()
+
+
+def open_text(path: Path | str, decode_report: MutableMapping[str, Any] | None = None) -> io.TextIOBase:
+  """Opens a UTF-8 text file, transparently gunzipping `*.gz`; newlines are kept as written.
+
+  Lines that are not valid UTF-8 are decoded with U+FFFD replacement characters, logged with a warning that
+  names the file and the first such line, and counted in `decode_report[str(path)]` as
+  {"invalid_utf8_lines": n, "first_line": k}. (Decoding line by line is exact: no UTF-8 multi-byte sequence
+  contains a newline byte.) The file is read into memory whole; raw split files are at most tens of MB.
+  """
+  path = Path(path)
+  data = _read_bytes(path)
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError:
+    lines, bad = [], []
+    for line_no, line in enumerate(data.splitlines(keepends=True), start=1):
+      try:
+        lines.append(line.decode("utf-8"))
+      except UnicodeDecodeError:
+        lines.append(line.decode("utf-8", errors="replace"))
+        bad.append(line_no)
+    text = "".join(lines)
+    logging.warning("%s: %d line(s) are not valid UTF-8 (first: line %d); their bad bytes were replaced "
+                    "by U+FFFD. To keep the original characters, re-save the file as UTF-8 (e.g. "
+                    "`iconv -f latin1 -t utf-8`).", path, len(bad), bad[0])
+    if decode_report is not None:
+      decode_report[str(path)] = {"invalid_utf8_lines": len(bad), "first_line": bad[0]}
+  return io.StringIO(text, newline="")
+
+
+def check_nonempty(examples: Iterable[Any], path: Path | str, what: str) -> Iterator[Any]:
+  """Passes `examples` through; raises a DataError naming `path` if there were none.
+
+  TFDS would otherwise fail later with a bare AssertionError that names no file.
+  """
+  count = 0
+  for example in examples:
+    count += 1
+    yield example
+  if not count:
+    raise DataError(f"{path}: no examples in this {what} file (it is empty or holds only blank lines). "
+                    f"Put the data in it, or restore the original file (see SOURCE.md beside it).")
 
 
 def _unreachable_reason(url: str, timeout_s: float = 5.0) -> str | None:
@@ -98,7 +150,13 @@ class LdlgBuilder(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, allow_download: bool = True, **kwargs: Any):
     self._allow_download = allow_download
+    # str(path) -> {"invalid_utf8_lines", "first_line"} for every file read with bad UTF-8 (see open_text).
+    self.decode_report: dict[str, dict[str, int]] = {}
     super().__init__(**kwargs)
+
+  def open_text(self, path: Path | str) -> io.TextIOBase:
+    """`open_text` that records invalid UTF-8 in `self.decode_report`."""
+    return open_text(path, self.decode_report)
 
   def _features(self) -> tfds.features.FeaturesDict:
     raise NotImplementedError
@@ -123,7 +181,25 @@ class LdlgBuilder(tfds.core.GeneratorBasedBuilder):
     return {f.key: ResolvedFile(Path(paths[f.key]), f.candidates[0], True) for f in wanted}
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    return self._make_splits(self._resolve_files(dl_manager))
+    files = self._resolve_files(dl_manager)
+    splits = self._make_splits(files)
+    # A split read from its own file (same key) that yields nothing names that file.
+    return {key: (check_nonempty(gen, files[key].path, f"{key!r} split") if key in files else gen)
+            for key, gen in splits.items()}
+
+  @classmethod
+  def find_manual_files(cls, manual_dir: Path | str | None) -> dict[str, ResolvedFile]:
+    """The files of `FILES` present in `manual_dir`: key -> the first candidate that exists."""
+    found: dict[str, ResolvedFile] = {}
+    if manual_dir is None:
+      return found
+    manual_dir = Path(manual_dir)
+    for f in cls.FILES:
+      for cand in f.candidates:
+        if (manual_dir / cand).is_file():
+          found[f.key] = ResolvedFile(manual_dir / cand, cand, False)
+          break
+    return found
 
   def _resolve_files(self, dl_manager: tfds.download.DownloadManager) -> dict[str, ResolvedFile]:
     try:
@@ -131,12 +207,7 @@ class LdlgBuilder(tfds.core.GeneratorBasedBuilder):
     except AssertionError:  # manual_dir not given, missing or empty
       manual_dir = None
     configured = getattr(dl_manager, "_manual_dir", None)
-    found: dict[str, ResolvedFile] = {}
-    for f in self.FILES:
-      for cand in f.candidates:
-        if manual_dir is not None and (manual_dir / cand).is_file():
-          found[f.key] = ResolvedFile(manual_dir / cand, cand, False)
-          break
+    found = self.find_manual_files(manual_dir)
     missing_required = [f for f in self.FILES if f.required and f.key not in found]
     if not missing_required:
       return found

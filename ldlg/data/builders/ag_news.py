@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ldlg.data.builders._common import DataFile, LdlgBuilder, ResolvedFile, open_text
+from ldlg.data.errors import DataError
 from ldlg.data.text import clean_up_tokenization
 
 CLASS_NAMES = ("World", "Sports", "Business", "Sci/Tech")
@@ -58,22 +59,25 @@ def unescape_ag_news(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
-def _read_official(path) -> Iterator[tuple[int, str, int]]:
+def _read_official(path, decode_report: dict | None = None) -> Iterator[tuple[int, str, int]]:
   """Official CSV rows `class(1-4),title,description` -> (row, description, label 0..3)."""
-  with open_text(path) as fh:
-    for i, row in enumerate(csv.reader(fh, quotechar='"')):
+  with open_text(path, decode_report) as fh:
+    reader = csv.reader(fh, quotechar='"')
+    for i, row in enumerate(reader):
       if len(row) != 3 or row[0].strip() not in ("1", "2", "3", "4"):
-        raise ValueError(f"{path}: row {i + 1}: expected 'class(1-4),title,description', got {row!r:.120}")
+        raise DataError(f"{path}:{reader.line_num}: row {i + 1}: expected 'class(1-4),title,description' "
+                        f"with a class from 1 to 4, got {row!r:.120}. Fix that row or delete it.")
       yield i, row[2], int(row[0]) - 1
 
 
-def _read_partial(path) -> Iterator[tuple[int, str, int]]:
+def _read_partial(path, decode_report: dict | None = None) -> Iterator[tuple[int, str, int]]:
   """alps TSV rows `description<TAB>class_name` -> (row, description, label 0..3)."""
-  with open_text(path) as fh:
-    for i, row in enumerate(csv.reader(fh, delimiter="\t", quotechar='"')):
+  with open_text(path, decode_report) as fh:
+    reader = csv.reader(fh, delimiter="\t", quotechar='"')
+    for i, row in enumerate(reader):
       if len(row) != 2 or row[1] not in CLASS_NAMES:
-        raise ValueError(f"{path}: row {i + 1}: expected 'description<TAB>class name' with a class in "
-                         f"{CLASS_NAMES}, got {row!r:.120}")
+        raise DataError(f"{path}:{reader.line_num}: row {i + 1}: expected 'description<TAB>class name' "
+                        f"with a class in {CLASS_NAMES}, got {row!r:.120}. Fix that row or delete it.")
       yield i, row[0], CLASS_NAMES.index(row[1])
 
 
@@ -105,14 +109,15 @@ class LdlgAgNews(LdlgBuilder):
   def _make_splits(self, files: Mapping[str, ResolvedFile]):
     train_file = files["train"]
     reader = _read_official if train_file.name == "train.csv" else _read_partial
-    train_rows = list(reader(train_file.path))
+    train_rows = list(reader(train_file.path, self.decode_report))
     if len(train_rows) <= NUM_VALID:
-      raise ValueError(f"{train_file.path}: {len(train_rows)} rows, need more than {NUM_VALID}")
+      raise DataError(f"{train_file.path}: {len(train_rows)} rows, need more than {NUM_VALID} (the "
+                      f"validation split is {NUM_VALID} rows carved out of train). Restore the train file.")
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(train_rows))
     return {
         "train": self._generate_examples([train_rows[i] for i in perm[NUM_VALID:]]),
         "validation": self._generate_examples([train_rows[i] for i in perm[:NUM_VALID]]),
-        "test": self._generate_examples(list(_read_official(files["test"].path))),
+        "test": self._generate_examples(list(_read_official(files["test"].path, self.decode_report))),
     }
 
   def _generate_examples(self, rows: list[tuple[int, str, int]]) -> Iterator[tuple[int, dict]]:

@@ -3,8 +3,9 @@
 Files (manual_dir = <raw data root>/qqp): `valid.jsonl`, `test.jsonl`, optional `train.jsonl`, one
 `{"src": question, "trg": paraphrase}` per line. As in the paper's v2 loader, "text" (the target to generate)
 = trg and "source" (the conditioning input) = src, unchanged. Splits: validation (2,048), test (2,500), and
-train (144,715) only when train.jsonl is supplied: **no train split is shipped**. DiffuSeq distributes the
-data through Google Drive only, so there is no download code path.
+train (144,715) only when train.jsonl is supplied: **no train split is shipped**, so as shipped QQP is an
+evaluation-only set of (source, target) pairs; put DiffuSeq's train.jsonl beside the others to train on it.
+DiffuSeq distributes the data through Google Drive only, so there is no download code path.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Iterator, Mapping
 
 import tensorflow_datasets as tfds
 
-from ldlg.data.builders._common import DataFile, LdlgBuilder, ResolvedFile, open_text
+from ldlg.data.builders._common import DataFile, LdlgBuilder, ResolvedFile
+from ldlg.data.errors import DataError
 
 _CITATION = """\
 @inproceedings{gong2023diffuseq,
@@ -47,7 +49,7 @@ class LdlgQqp(LdlgBuilder):
     return {key: self._generate_examples(f) for key, f in files.items()}
 
   def _generate_examples(self, file: ResolvedFile) -> Iterator[tuple[int, dict[str, str]]]:
-    with open_text(file.path) as fh:
+    with self.open_text(file.path) as fh:
       index = 0
       for line_no, line in enumerate(fh, start=1):
         if not line.strip():
@@ -55,8 +57,11 @@ class LdlgQqp(LdlgBuilder):
         try:
           row = json.loads(line)
           example = {"text": row["trg"], "source": row["src"]}
+          if not (isinstance(example["text"], str) and isinstance(example["source"], str)):
+            raise TypeError("'src' and 'trg' must be strings")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise ValueError(f"{file.path}:{line_no}: expected a JSON object with 'src' and 'trg' "
-                           f"({e}): {line!r:.120}") from e
+          raise DataError(f"{file.path}:{line_no}: expected a JSON object with string fields 'src' and "
+                          f"'trg' ({type(e).__name__}: {e}), got {line!r:.120}. Fix or delete that line."
+                          ) from e
         yield index, example
         index += 1

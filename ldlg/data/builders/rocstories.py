@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ldlg.data.builders._common import DataFile, LdlgBuilder, ResolvedFile, open_text
+from ldlg.data.errors import DataError
 
 SHUFFLE_SEED = 42
 NUM_VALID = 1000
@@ -37,19 +38,21 @@ _CITATION = """\
 }"""
 
 
-def read_stories(path) -> list[str]:
-  """Decodes one JSON array holding one story string per non-blank line."""
+def read_stories(path, decode_report: dict | None = None) -> list[str]:
+  """Decodes one JSON array holding one story string per non-blank line (invalid UTF-8: see open_text)."""
   stories = []
-  with open_text(path) as fh:
+  with open_text(path, decode_report) as fh:
     for line_no, line in enumerate(fh, start=1):
       if not line.strip():
         continue
       try:
         value = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not a JSON line ({e}): {line!r:.120}") from e
+        raise DataError(f"{path}:{line_no}: not a JSON line ({e}): {line!r:.120}. Each line must be "
+                        f'a JSON array holding one story, ["..."]; fix or delete that line.') from e
       if not (isinstance(value, list) and len(value) == 1 and isinstance(value[0], str)):
-        raise ValueError(f"{path}:{line_no}: expected a JSON array with one string, got {line!r:.120}")
+        raise DataError(f"{path}:{line_no}: expected a JSON array with one string, got {line!r:.120}. "
+                        f"Fix or delete that line.")
       stories.append(value[0])
   return stories
 
@@ -74,14 +77,16 @@ class LdlgRocstories(LdlgBuilder):
     return tfds.features.FeaturesDict({"text": tfds.features.Text()})
 
   def _make_splits(self, files: Mapping[str, ResolvedFile]):
-    pool = read_stories(files["pool"].path)
+    pool = read_stories(files["pool"].path, self.decode_report)
     if len(pool) <= NUM_VALID:
-      raise ValueError(f"{files['pool'].path}: {len(pool)} stories, need more than {NUM_VALID}")
+      raise DataError(f"{files['pool'].path}: {len(pool)} stories, need more than {NUM_VALID} (the first "
+                      f"{NUM_VALID} of the seeded shuffle are the validation split, the rest the test "
+                      f"split). Restore the paper's 5,000-story roc_valid.json.")
     perm = np.random.default_rng(SHUFFLE_SEED).permutation(len(pool))
     splits = {"validation": self._generate_examples([pool[i] for i in perm[:NUM_VALID]]),
               "test": self._generate_examples([pool[i] for i in perm[NUM_VALID:]])}
     if "train" in files:
-      train = read_stories(files["train"].path)
+      train = read_stories(files["train"].path, self.decode_report)
       perm = np.random.default_rng(SHUFFLE_SEED).permutation(len(train))
       splits["train"] = self._generate_examples([train[i] for i in perm])
     return splits

@@ -18,7 +18,8 @@ from typing import Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ldlg.data.builders._common import DataFile, LdlgBuilder, ResolvedFile, open_text
+from ldlg.data.builders._common import DataFile, LdlgBuilder, ResolvedFile
+from ldlg.data.errors import DataError
 from ldlg.data.text import clean_up_tokenization
 
 CLASS_NAMES = ("negative", "positive")
@@ -62,13 +63,25 @@ class LdlgSst(LdlgBuilder):
     return {key: self._generate_examples(f) for key, f in files.items()}
 
   def _generate_examples(self, file: ResolvedFile) -> Iterator[tuple[int, dict]]:
-    with open_text(file.path) as fh:
+    with self.open_text(file.path) as fh:
       reader = csv.DictReader(fh)
-      if not {"sentence", "values"} <= set(reader.fieldnames or ()):
-        raise ValueError(f"{file.path}: expected columns 'sentence' and 'values', got {reader.fieldnames}")
+      if reader.fieldnames is None:
+        return  # an empty file: the base class reports it, naming the file
+      if not {"sentence", "values"} <= set(reader.fieldnames):
+        raise DataError(f"{file.path}:1: expected a header with columns 'sentence' and 'values', got "
+                        f"{reader.fieldnames}. Restore the SSTB csv header "
+                        f"(',sentence_index,sentence,splitset_label,id,values').")
       for i, row in enumerate(reader):
-        score = float(row["values"])
+        where = f"{file.path}:{reader.line_num}: row {i + 1}"
+        try:
+          score = float(row["values"])
+        except (TypeError, ValueError):
+          raise DataError(f"{where}: the sentiment label (column 'values') must be a number in [0, 1], "
+                          f"got {row['values']!r}. Fix that row or delete it.") from None
         if not 0.0 <= score <= 1.0:
-          raise ValueError(f"{file.path}: row {i + 1}: sentiment {score} outside [0, 1]")
+          raise DataError(f"{where}: the sentiment label (column 'values') {score} is outside [0, 1]. "
+                          f"Fix that row or delete it.")
+        if row["sentence"] is None:
+          raise DataError(f"{where}: no 'sentence' column in this row. Fix that row or delete it.")
         yield i, {"text": clean_up_tokenization(row["sentence"].strip()),
                   "label": int(score >= 0.5), "score": score}

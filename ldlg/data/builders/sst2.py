@@ -15,8 +15,8 @@ from typing import Iterator, Mapping
 
 import tensorflow_datasets as tfds
 
-from ldlg.data.builders._common import (DataFile, LdlgBuilder, ResolvedFile, _unreachable_reason,
-                                        open_text)
+from ldlg.data.builders._common import DataFile, LdlgBuilder, ResolvedFile, _unreachable_reason
+from ldlg.data.errors import DataError
 from ldlg.data.text import clean_up_tokenization
 
 CLASS_NAMES = ("negative", "positive")
@@ -79,12 +79,16 @@ class LdlgSst2(LdlgBuilder):
     return {key: self._generate_examples(f) for key, f in files.items()}
 
   def _generate_examples(self, file: ResolvedFile) -> Iterator[tuple[int, dict]]:
-    with open_text(file.path) as fh:
+    with self.open_text(file.path) as fh:
       reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
       header = next(reader, None)
-      if header is None or [h.strip() for h in header] != ["sentence", "label"]:
-        raise ValueError(f"{file.path}: expected header 'sentence<TAB>label', got {header}")
+      if header is None:
+        return  # an empty file: the base class reports it, naming the file
+      if [h.strip() for h in header] != ["sentence", "label"]:
+        raise DataError(f"{file.path}:1: expected the GLUE header 'sentence<TAB>label', got {header}. "
+                        f"Restore the header line.")
       for i, row in enumerate(reader):
         if len(row) != 2 or row[1].strip() not in ("0", "1"):
-          raise ValueError(f"{file.path}: row {i + 2}: expected 'sentence<TAB>0|1', got {row!r:.120}")
+          raise DataError(f"{file.path}:{reader.line_num}: expected 'sentence<TAB>label' with label 0 or 1, "
+                          f"got {row!r:.120}. Fix that row or delete it.")
         yield i, {"text": clean_up_tokenization(row[0].strip()), "label": int(row[1])}
