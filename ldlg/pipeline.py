@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from ldlg import methods
+from ldlg.config_validation import validate_config
 from ldlg.engine.workdir import Workdir
 from ldlg.engine.workdir import save_or_check_config
 
@@ -30,6 +31,19 @@ def stage_done(stage: str, config: ml_collections.ConfigDict, workdir: Workdir) 
   raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
 
 
+def check_workdir(root: pathlib.Path) -> None:
+  """Fails up front (before minutes of work) when the workdir cannot hold this run's outputs."""
+  import os
+  if root.exists() and not root.is_dir():
+    raise NotADirectoryError(f"--workdir={root} is a file, not a folder; pass a folder path (it is created)")
+  existing = root
+  while not existing.exists():
+    existing = existing.parent
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise PermissionError(f"--workdir={root} is not writable ({existing} is read-only for this user); pick a "
+                          "writable folder or fix its permissions")
+
+
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir=None) -> None:
   """Runs one stage, or with mode="pipeline" every stage not yet done.
 
@@ -41,7 +55,9 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   names = [s.name for s in stages]
   if mode != "pipeline" and mode not in names:
     raise ValueError(f"the {methods.method_name(config)} method has no {mode!r} stage; its stages are {names}")
+  validate_config(config)  # Before anything is written: a bad value never reaches config.json.
   wd = Workdir(pathlib.Path(workdir).absolute())
+  check_workdir(wd.root)
   save_or_check_config(config, wd, write=jax.process_index() == 0)
   todo = stages if mode == "pipeline" else [s for s in stages if s.name == mode]
   t0 = time.perf_counter()
