@@ -184,3 +184,39 @@ def make_cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   # Offline: no gpt2-large. MAUVE on MiniLM features; no perplexity judge unless one is trained.
   config.eval.update(featurizer="minilm", ppl_model="")
   return config
+
+
+def make_autoregressive_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The offline CPU autoregressive baseline on the same data (the `:ar_cpu` variant of every dataset config).
+
+  A GPT-2 (ldlg/methods/autoregressive) over the project's own byte-level BPE (`tokenizer` stage), trained by the
+  same engine, sampled by the same runner and scored by the same evaluate stage as LD4LG. Its size matches the
+  `:cpu` denoiser's parameter count (2.3M) within a few percent; `--config.tokenizer.path=<run>/autoencoder`
+  reuses an LD4LG run's tokenizer so both are scored on the same tokens.
+  """
+  config.method = "autoregressive"
+  for section in ("autoencoder", "diffusion"):  # LD4LG's own sections mean nothing here.
+    del config[section]
+  config.tokenizer = d(path="", vocab_size=4096, min_frequency=2)
+  config.data.pad_multiple = 16  # Batches are padded to a multiple of this: few compiled shapes.
+  config.model = d(n_layer=4, n_embd=192, n_head=4, n_positions=64, dropout=0.1)
+  config.model.n_positions = config.data.get_ref("max_length")
+  config.optim.update(lr=5e-4, warmup_steps=200, b2=0.98)
+  config.train = d(num_steps=3000, max_seconds=0.0, batch_size=64, ema_decay=0.0, ema_warmup=True, log_every=50,
+                   ckpt_every=500, keep_checkpoints=2, eval_batch_size=64)
+  config.sample = d(num_samples=500, batch_size=100, max_length=64, top_p=1.0, temperature=1.0, max_redraws=5,
+                    seed=0, checkpoint_step=-1)
+  config.sample.max_length = config.data.get_ref("max_length")
+  config.eval.update(featurizer="minilm", ppl_model="")
+  return config
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:
+  """The dataset configs' variants: none (paper), `cpu` (offline LD4LG), `ar_cpu` (offline GPT-2 baseline)."""
+  if arg == "cpu":
+    return make_cpu_sized(config)
+  if arg == "ar_cpu":
+    return make_autoregressive_cpu(config)
+  if arg:
+    raise ValueError(f"unknown variant {arg!r} for configs/{name}.py; use no variant (paper), ':cpu' or ':ar_cpu'")
+  return config

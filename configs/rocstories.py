@@ -7,7 +7,7 @@ Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 
   The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
   ROCStories has no train split locally (see shared/data/rocstories/SOURCE.md): locally this trains on the
   1,000-story validation pool and evaluates on the 4,000-story test pool. With the full corpus set train_split=train.
-Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corpus, then a small denoiser.
+Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small BART trained on the corpus, then a small denoiser.
   python -m ldlg.main --config=configs/rocstories.py:cpu --workdir=runs/rocstories_cpu --mode=pipeline --data_dir=../shared/data
   Hardware: 2 CPU cores. Time and results: see the README's results section.
 """
@@ -29,6 +29,5 @@ def get_config(arg: str | None = None):
     # Stories decode up to max_length + 1 tokens (decoder start included): the small BART's learned
     # positions must cover that (default.py's 128 would stop one token short).
     config.autoencoder.max_position_embeddings = config.autoencoder.get_ref("max_decode_length")
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} for configs/rocstories.py; use no variant (paper) or ':cpu'")
-  return config
+    return config
+  return default.apply_variant(config, arg, "rocstories")

@@ -6,7 +6,7 @@ Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 
   project: its time and results will be measured on the first GPU session and recorded in the README.
   The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
 
-Offline CPU setting (`:cpu`): our own tokenizer + small BART trained on the corpus, then a small denoiser.
+Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small BART trained on the corpus, then a small denoiser.
   python -m ldlg.main --config=configs/sst.py:cpu --workdir=runs/sst_cpu --mode=pipeline --data_dir=../shared/data
   Hardware: 2 CPU cores. Time and results: see the README's results section.
 """
@@ -23,8 +23,4 @@ def get_config(arg: str | None = None):
   config.data.max_length = 64
   config.model.max_len = config.data.get_ref("max_length")
   config.model.num_classes = datasets.DATASETS["sst"].num_classes  # 2; 0 would train unconditionally
-  if arg == "cpu":
-    default.make_cpu_sized(config)
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} for configs/sst.py; use no variant (paper) or ':cpu'")
-  return config
+  return default.apply_variant(config, arg, "sst")

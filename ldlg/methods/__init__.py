@@ -1,9 +1,18 @@
-"""Methods: ways of modelling text (see base.py). Importing this package registers every method."""
+"""Methods: ways of modelling text (see base.py), each registered in `METHODS` when its module is imported.
+
+`MODULES` names the module that registers each method, so a run imports only the method it uses (the AR
+baseline pulls in transformers' GPT-2; LD4LG does not need it). Adding a method: a package under ldlg/methods/
+whose `method.py` registers a `Method` subclass, and one line here.
+"""
+
+import importlib
 
 from ldlg.methods.base import METHODS, Method
 
-# Registration: each import adds its method to METHODS.
-from ldlg.methods.gaussian import method as _gaussian  # noqa: F401,E402
+MODULES = {
+    "gaussian": "ldlg.methods.gaussian.method",
+    "autoregressive": "ldlg.methods.autoregressive.method",
+}
 
 
 def method_name(config) -> str:
@@ -11,9 +20,13 @@ def method_name(config) -> str:
   return config.get("method", "gaussian")
 
 
-def get(config):
-  """The method class of a config."""
-  return METHODS.get(method_name(config))
+def get(config_or_name):
+  """The method class of a config (or of a method name)."""
+  name = config_or_name if isinstance(config_or_name, str) else method_name(config_or_name)
+  if name not in MODULES:
+    raise ValueError(f"unknown method {name!r}; choose one of {sorted(MODULES)} (config.method)")
+  importlib.import_module(MODULES[name])
+  return METHODS.get(name)
 
 
 def stages(config) -> tuple:
@@ -21,4 +34,4 @@ def stages(config) -> tuple:
   return get(config).stages()
 
 
-__all__ = ["METHODS", "Method", "get", "method_name", "stages"]
+__all__ = ["METHODS", "MODULES", "Method", "get", "method_name", "stages"]

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import transformers
 
+from ldlg.codecs import tokens
 from ldlg.evaluation import perplexity
 
 
@@ -73,16 +74,7 @@ def default_ar_config() -> ml_collections.ConfigDict:
   return c
 
 
-def special_ids(tokenizer: Any) -> dict[str, int]:
-  """bos/eos/pad ids of a tokenizer. Raises ValueError naming the missing token and the fix."""
-  ids = {}
-  for name in ("bos", "eos", "pad"):
-    value = getattr(tokenizer, f"{name}_token_id", None)
-    if value is None:
-      raise ValueError(f"the tokenizer has no {name} token; the AR baseline frames texts as <s> text </s> and "
-                       f"pads with <pad>: set tokenizer.{name}_token (the project's BART tokenizer has all three)")
-    ids[name] = int(value)
-  return ids
+special_ids = tokens.special_ids  # One definition, in the token codec.
 
 
 def gpt2_config(model: ml_collections.ConfigDict, tokenizer: Any) -> transformers.GPT2Config:

@@ -67,17 +67,20 @@ class ARSampler:
     self.num_traces = 0
     self._sample = jax.jit(self._sample_impl, static_argnums=2)
 
-  def _next_token(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
-    """logits [B, V] -> token ids [B]."""
+  def _next_token(self, logits: jax.Array, rng: jax.Array, rows: jax.Array) -> jax.Array:
+    """logits [B, V] -> token ids [B]; row i draws with fold_in(rng, rows[i]) (its global index), so a batch
+    split over devices draws what one device would."""
     if self.temperature == 0.0:
       return jnp.argmax(logits, axis=-1)
     logits = logits.astype(jnp.float32) / self.temperature
     if self.top_p < 1.0:
       logits = nucleus_logits(logits, self.top_p)
-    return jax.random.categorical(rng, logits, axis=-1)
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(rows)
+    return jax.vmap(jax.random.categorical)(keys, logits)
 
-  def _sample_impl(self, params: Any, rng: jax.Array, batch_size: int) -> jax.Array:
-    """Token ids [batch_size, max_length]: <s>, the sample, </s>, then <pad>."""
+  def _sample_impl(self, params: Any, rng: jax.Array, batch_size: int, example_offset=0) -> jax.Array:
+    """Token ids [batch_size, max_length]: <s>, the sample, </s>, then <pad>. Rows are examples
+    example_offset.. of a larger batch (default: the whole batch)."""
     self.num_traces += 1
     B, L = batch_size, self.max_length
     cache_shapes = jax.eval_shape(lambda: self.model.init_cache(B, L))
@@ -85,6 +88,7 @@ class ARSampler:
     tokens = jnp.full((B, L), self.pad_id, jnp.int32).at[:, 0].set(self.bos_id)
     # The cache masks positions not yet written, so the attention mask can be all ones (no left padding).
     attention_mask = jnp.ones((B, L), jnp.int32)
+    rows = example_offset + jnp.arange(B)
 
     def cond(carry):
       t, _, _, done = carry
@@ -95,7 +99,7 @@ class ARSampler:
       current = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)  # [B, 1]
       out = self.model(current, attention_mask=attention_mask, position_ids=jnp.full((B, 1), t, jnp.int32),
                        params=params, past_key_values=cache)
-      nxt = self._next_token(out.logits[:, -1], jax.random.fold_in(rng, t)).astype(jnp.int32)
+      nxt = self._next_token(out.logits[:, -1], jax.random.fold_in(rng, t), rows).astype(jnp.int32)
       nxt = jnp.where(done, self.pad_id, nxt)
       tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], t + 1, axis=1)
       return t + 1, tokens, out.past_key_values, done | (nxt == self.eos_id)

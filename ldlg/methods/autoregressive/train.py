@@ -36,52 +36,9 @@ from ldlg.engine import trainer
 from ldlg.methods.autoregressive import model as ar_model
 from ldlg.evaluation import batching
 from ldlg.evaluation import perplexity
-from ldlg.data.step_batches import batch_indices
+from ldlg.codecs.tokens import frame_texts, make_batch  # noqa: F401  (public here too)
+from ldlg.data.step_batches import batch_indices  # noqa: F401
 
-
-
-def frame_texts(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[list[np.ndarray], dict]:
-  """`<s> text </s>` token ids per non-empty text, cut to `max_length` (a cut text loses its </s>).
-
-  Returns:
-    (ids: one int32 array per kept text, stats: {"num_texts", "num_empty" (dropped), "num_truncated"}).
-  """
-  if isinstance(texts, str):
-    raise ValueError("pass a list of texts, not a single string")
-  if max_length < 2:
-    raise ValueError(f"max_length={max_length} leaves no room for <s> and </s>; use at least 2")
-  ids = ar_model.special_ids(tokenizer)
-  encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-  seqs, empty, truncated = [], 0, 0
-  for tokens in encoded:
-    if not tokens:
-      empty += 1
-      continue
-    seq = [ids["bos"], *tokens, ids["eos"]]
-    if len(seq) > max_length:
-      truncated += 1
-      seq = seq[:max_length]
-    seqs.append(np.asarray(seq, np.int32))
-  return seqs, {"num_texts": len(seqs), "num_empty": empty, "num_truncated": truncated}
-
-
-def make_batch(seqs: Sequence[np.ndarray], step: int, *, batch_size: int, num_devices: int, pad_id: int,
-               pad_multiple: int, max_length: int, seed: int) -> dict[str, np.ndarray]:
-  """Step `step`'s batch, split over devices: input_ids and attention_mask [num_devices, B / num_devices, W].
-
-  W is the longest sequence rounded up to a multiple of `pad_multiple` (at most `max_length`), so only a few
-  shapes are ever compiled.
-  """
-  idx = batch_indices(step, len(seqs), batch_size, seed)
-  longest = max(len(seqs[i]) for i in idx)
-  width = min(max_length, -(-longest // pad_multiple) * pad_multiple)
-  ids = np.full((batch_size, width), pad_id, np.int32)
-  mask = np.zeros((batch_size, width), np.int32)
-  for row, i in enumerate(idx):
-    ids[row, :len(seqs[i])] = seqs[i]
-    mask[row, :len(seqs[i])] = 1
-  shape = (num_devices, batch_size // num_devices, width)
-  return {"input_ids": ids.reshape(shape), "attention_mask": mask.reshape(shape)}
 
 
 def token_nll(logits: jax.Array, input_ids: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
