@@ -16,8 +16,9 @@ Data parallelism. Draws are keyed per example on the *global* `example_index` (l
 choice in `ldlg.methods`), so a step split over devices draws exactly the t a single device would draw for
 the whole batch, provided the state is the same everywhere. `update_global` keeps it the same: it gathers
 the (t, loss) pairs of all devices (`lax.all_gather` over `ldlg.engine.parallel.AXIS`; the identity outside
-pmap), orders them by example_index, and applies them in that order, so every device — and a single
-device running the whole batch — ends with a bit-identical table.
+pmap), orders them by example_index, and applies them in that order, so every device ends with a
+bit-identical table, and the same table as one device running the whole batch given the same losses (a
+different batch shape may round the losses themselves differently in the last bit).
 """
 from __future__ import annotations
 
@@ -160,8 +161,8 @@ def update_global(state: ImportanceState, t: jax.Array, losses: jax.Array,
                   example_index: jax.Array) -> ImportanceState:
   """`update` with the pairs of every device of the step, in global example order.
 
-  Under pmap every device gets the same new state, equal to what one device computes from the whole batch
-  (outside pmap this is `update` on the pairs sorted by example_index).
+  Under pmap every device gets the same new state, equal to what one device computes from the whole batch's
+  pairs (outside pmap this is `update` on the pairs sorted by example_index).
 
   Args:
     state: the sampler's state (the same on every device).

@@ -15,7 +15,8 @@ second, because it keeps the method contract and the generic trainer unchanged:
   checkpointed with it), calls `jax.value_and_grad(method.importance_loss_fn, has_aux=True)(params, rng,
   batch, is_state)`, pmeans the grads and metrics, and stores `new_is_state` as is (it is already identical
   on every device: `importance.update_global` gathers the whole step's (t, loss) pairs in global example
-  order). A step on n devices therefore equals the single-device step, state included.
+  order). A step on n devices therefore equals the single-device step, state included (up to the float
+  rounding of the losses themselves, which XLA may compute in a different order for a different batch shape).
 """
 from __future__ import annotations
 
@@ -109,9 +110,12 @@ class DiffuSeq(Method):
 
   def init_params(self, rng: jax.Array) -> Any:
     """The network's parameters (embedding included), from a dummy [1, 2] sequence (shapes do not depend on L)."""
-    ids = jnp.zeros((1, 2), jnp.int32)
-    return self.network.init(rng, ids, jnp.zeros((1,), jnp.int32), jnp.ones((1, 2), bool),
-                             method=Seq2SeqDenoiser.init_all)["params"]
+    def init(rng):
+      ids = jnp.zeros((1, 2), jnp.int32)
+      return self.network.init(rng, ids, jnp.zeros((1,), jnp.int32), jnp.ones((1, 2), bool),
+                               method=Seq2SeqDenoiser.init_all)["params"]
+    # Jitted: an eager init would compile once per layer op.
+    return jax.jit(init)(rng)
 
   def loss_fn(self, params: Any, rng: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The DiffuSeq objective with uniform t (or the batch's "t"/"t_weight"); see `losses.py`."""
