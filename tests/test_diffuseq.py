@@ -1,0 +1,191 @@
+"""DiffuSeq: importance sampling of t, partial noising, rounding, the anchored sampler, and the pmapped step."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ldlg.engine.parallel import AXIS
+from ldlg.methods.base import METHODS
+from ldlg.methods.gaussian.schedules import get_schedule
+from ldlg.methods.seq2seq import DiffuSeq, Seq2SeqDenoiser, importance, rounding
+from ldlg.methods.seq2seq.losses import partial_q_sample
+
+T = 50
+PAD, END = 0, 1
+# Two [source ; separator ; target ; pad] sequences of length 8 (separator id 2).
+IDS = np.array([[3, 4, 2, 5, 6, 7, END, PAD], [8, 2, 9, 10, END, PAD, PAD, PAD]], np.int32)
+SOURCE = np.array([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]], bool)
+
+
+def _method():
+  net = Seq2SeqDenoiser(vocab_size=12, embed_dim=8, dim=16, num_layers=1, num_heads=2, ff_mult=2, max_len=8,
+                        num_timesteps=T)
+  return DiffuSeq(net, get_schedule("sqrt", T), pad_id=PAD, end_id=END)
+
+
+@pytest.fixture(scope="module")
+def method_and_params():
+  method = _method()
+  return method, method.init_params(jax.random.PRNGKey(0))
+
+
+# Jitted once here: eager calls would compile every small op separately.
+probabilities = jax.jit(importance.probabilities)
+sample_t = jax.jit(importance.sample_t, static_argnums=2)
+
+
+def _warm_state(num_t=5, hist=10, seed=0):
+  losses = np.random.default_rng(seed).uniform(0.1, 3.0, (num_t, hist)) * np.arange(1, num_t + 1)[:, None]
+  state = importance.init_state(num_t, hist)
+  return state.replace(history=jnp.asarray(losses, jnp.float32), counts=jnp.full((num_t,), hist, jnp.int32))
+
+
+def test_importance_weighting_is_unbiased_by_enumeration():
+  state = _warm_state()
+  p = np.asarray(probabilities(state), np.float64)
+  table = np.random.default_rng(1).normal(size=5) ** 2  # any fixed per-t loss
+  weights = 1.0 / (5 * p)
+  np.testing.assert_allclose(np.sum(p * weights * table), table.mean(), rtol=1e-6)
+  # sample_t's weight is 1 / (T p_t) of the t it drew.
+  t, w = sample_t(state, jax.random.PRNGKey(0), 64)
+  np.testing.assert_allclose(np.asarray(w), weights[np.asarray(t)], rtol=1e-6)
+
+
+def test_importance_probabilities_follow_loss_rms_once_warm():
+  state = _warm_state()
+  rms = np.sqrt(np.mean(np.square(np.asarray(state.history, np.float64)), axis=1))
+  expected = (1 - importance.UNIFORM_PROB) * rms / rms.sum() + importance.UNIFORM_PROB / 5
+  np.testing.assert_allclose(probabilities(state), expected, rtol=1e-5)
+  t, _ = sample_t(state, jax.random.PRNGKey(1), 20000)
+  freq = np.bincount(np.asarray(t), minlength=5) / 20000
+  np.testing.assert_allclose(freq, expected, atol=0.015)
+  # One t short of a full history: uniform, weight 1.
+  cold = state.replace(counts=state.counts.at[3].set(9))
+  np.testing.assert_allclose(probabilities(cold), np.full(5, 0.2))
+  assert np.all(np.asarray(sample_t(cold, jax.random.PRNGKey(2), 8)[1]) == 1.0)
+
+
+def test_importance_update_keeps_the_last_losses_in_order():
+  state = importance.init_state(3, history=4)
+  # t=1 gets 6 losses (two in one call, with a repeated t), t=0 one, t=2 none.
+  state = jax.jit(importance.update)(state, jnp.array([1, 1, 0]), jnp.array([1.0, 2.0, 9.0]))
+  state = importance.update(state, jnp.array([1, 1, 1, 1]), jnp.array([3.0, 4.0, 5.0, 6.0]))
+  np.testing.assert_array_equal(state.counts, [1, 4, 0])
+  np.testing.assert_array_equal(state.history[1], [3.0, 4.0, 5.0, 6.0])
+  np.testing.assert_array_equal(state.history[0], [9.0, 0.0, 0.0, 0.0])
+  assert not bool(importance.is_warm(state))
+  # update_global outside pmap applies the pairs in global example order.
+  a = importance.update_global(importance.init_state(3, 4), jnp.array([2, 2]), jnp.array([7.0, 8.0]),
+                               jnp.array([5, 4]))
+  np.testing.assert_array_equal(a.history[2], [8.0, 7.0, 0.0, 0.0])
+
+
+def test_partial_noising_leaves_the_source_bit_identical():
+  schedule = get_schedule("sqrt", T)
+  k0, k1 = jax.random.split(jax.random.PRNGKey(3))
+  x0 = jax.random.normal(k0, (2, 8, 8)) * 3.0
+  noise = jax.random.normal(k1, (2, 8, 8))
+  t = jnp.array([T - 1, 7])
+  z = np.asarray(partial_q_sample(schedule, x0, t, noise, jnp.asarray(SOURCE)))
+  x0, noise = np.asarray(x0), np.asarray(noise)
+  assert np.array_equal(z[SOURCE], x0[SOURCE])  # bit for bit, at every t
+  a = np.asarray(schedule.sqrt_alphas_cumprod)[np.asarray(t)][:, None, None]
+  s = np.asarray(schedule.sqrt_one_minus_alphas_cumprod)[np.asarray(t)][:, None, None]
+  np.testing.assert_allclose(z[~SOURCE], (a * x0 + s * noise)[~SOURCE], rtol=1e-6, atol=1e-6)
+
+
+def test_rounding_exact_embeddings_returns_the_tokens():
+  emb = jax.random.normal(jax.random.PRNGKey(4), (30, 8)) * jnp.linspace(0.2, 3.0, 30)[:, None]
+  ids = jax.random.randint(jax.random.PRNGKey(5), (3, 7), 0, 30)
+  np.testing.assert_array_equal(rounding.round_to_tokens(emb[ids], emb, "nearest"), ids)
+  unit = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)  # equal norms: the logits rule is exact too
+  np.testing.assert_array_equal(rounding.round_to_tokens(unit[ids], unit, "logits"), ids)
+  tokens = jnp.array([[3, 4, 2, 5, 6, END, 7, 8], [8, 2, PAD, 9, 9, 9, 9, 9]])
+  cut, lengths = rounding.truncate_at_stop(tokens, ~jnp.asarray(SOURCE), (END, PAD), PAD)
+  np.testing.assert_array_equal(lengths, [2, 0])
+  np.testing.assert_array_equal(cut[0], [PAD, PAD, PAD, 5, 6, PAD, PAD, PAD])
+  assert rounding.target_token_lists(cut, SOURCE, lengths) == [[5, 6], []]
+
+
+@pytest.mark.slow
+def test_sampler_anchors_the_source_at_every_step_and_shards_like_one_device(method_and_params):
+  method, params = method_and_params
+  sample = method.make_sampler(num_steps=6, eta=1.0, return_trajectory=True)
+  ids = jnp.asarray(np.concatenate([IDS, IDS[::-1]]))
+  src = jnp.asarray(np.concatenate([SOURCE, SOURCE[::-1]]))
+  out = jax.device_get(sample(params, jax.random.PRNGKey(7), ids, src))
+  source_emb = np.asarray(params["word_embedding"])[np.asarray(ids)]
+  traj, src_np = out["trajectory"], np.asarray(src)
+  assert traj.shape == (6, 4, 8, 8)
+  for step in range(6):
+    assert np.array_equal(traj[step][src_np], source_emb[src_np]), step
+  assert np.array_equal(out["embeddings"][src_np], source_emb[src_np])
+  assert np.all(out["tokens"][src_np] == PAD) and np.all(out["lengths"] <= (~src_np).sum(axis=1))
+  # A device holding rows 2..3 of a global batch of 4 draws what one device draws for them.
+  shard = jax.device_get(sample(params, jax.random.PRNGKey(7), ids[2:], src[2:], example_offset=2,
+                                global_batch=4))
+  np.testing.assert_allclose(shard["trajectory"], traj[:, 2:], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_pmapped_step_equals_single_device_step(method_and_params):
+  assert jax.local_device_count() >= 2, "conftest.py should force 2 host CPU devices"
+  method, params = method_and_params
+  ids = np.concatenate([IDS, IDS[::-1]])
+  batch = {"input_ids": ids, "source_mask": np.concatenate([SOURCE, SOURCE[::-1]]), "mask": ids != PAD}
+  rng = jax.random.PRNGKey(42)
+  grad_fn = jax.value_and_grad(method.loss_fn, has_aux=True)
+  (loss, metrics), grads = jax.jit(grad_fn)(params, rng, dict(batch, example_index=np.arange(4)))
+
+  def device_step(params, local):
+    index = jax.lax.axis_index(AXIS) * 2 + jnp.arange(2)
+    out = grad_fn(params, rng, dict(local, example_index=index))
+    return jax.lax.pmean(out, AXIS)
+
+  sharded = jax.tree.map(lambda x: x.reshape((2, 2) + x.shape[1:]), batch)
+  (p_loss, p_metrics), p_grads = jax.device_get(
+      jax.pmap(device_step, axis_name=AXIS, in_axes=(None, 0))(params, sharded))
+  (loss, metrics), grads = jax.device_get(((loss, metrics), grads))
+  np.testing.assert_allclose(p_loss[0], loss, rtol=1e-5)
+  for key in ("mse", "nll", "prior", "t_mean", "x0_token_acc"):
+    np.testing.assert_allclose(p_metrics[key][0], metrics[key], rtol=1e-5, err_msg=key)
+  for dev in range(2):
+    jax.tree.map(lambda a, s: np.testing.assert_allclose(a[dev], s, rtol=1e-4, atol=1e-6), p_grads, grads)
+  assert float(np.abs(grads["word_embedding"]).max()) > 0  # the embedding is learned jointly
+
+
+def test_importance_sampling_under_pmap_equals_one_device():
+  """sample_t draws per global example, and update_global leaves every device with the one-device state."""
+  state = _warm_state(num_t=T, hist=importance.HISTORY)
+  key = jax.random.PRNGKey(3)
+  index = np.arange(8)
+  losses = np.random.default_rng(2).uniform(size=8).astype(np.float32)
+
+  def step(state, index, losses):
+    t, w = importance.sample_t(state, key, {"example_index": index})
+    return t, w, importance.update_global(state, t, losses, index)
+
+  t, w, new_state = jax.device_get(jax.jit(step)(state, index, losses))
+  p_t, p_w, p_state = jax.device_get(jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0))(
+      state, index.reshape(2, 4), losses.reshape(2, 4)))
+  np.testing.assert_array_equal(p_t.reshape(-1), t)
+  np.testing.assert_array_equal(p_w.reshape(-1), w)
+  for dev in range(2):
+    np.testing.assert_array_equal(p_state.history[dev], new_state.history)
+    np.testing.assert_array_equal(p_state.counts[dev], new_state.counts)
+  assert not np.array_equal(new_state.history, np.asarray(state.history))
+
+
+def test_registered_and_built_from_config():
+  assert METHODS.get("diffuseq") is DiffuSeq
+  config = ml_collections.ConfigDict({
+      "model": {"vocab_size": 12, "embed_dim": 8, "dim": 16, "num_layers": 1, "num_heads": 2, "max_len": 8},
+      "diffusion": {"schedule": "sqrt", "num_timesteps": 40, "pad_id": PAD},
+      "sample": {"num_steps": 5}})
+  method = DiffuSeq.from_config(config, end_id=END)
+  assert method.schedule.num_timesteps == method.network.num_timesteps == 40
+  assert method.sample_defaults["num_steps"] == 5 and method.end_id == END
+  del config.diffusion.pad_id
+  with pytest.raises(ValueError, match="pad token"):
+    DiffuSeq.from_config(config)
