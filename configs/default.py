@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="facebook/bart-base",  # Hub name or local directory; ignored when pretrain=True.
       pretrain=False,             # True: train our own tokenizer + small BART on the corpus (offline path).
       dtype="float32",            # Compute dtype of the frozen BART (bfloat16 on accelerators).
-      # Decoding (DESIGN.md §2): 4 beams, repetition penalty 1.2, no repeated trigrams, max 64 tokens.
+      # Decoding (the paper's, Sec. 4): 4 beams, repetition penalty 1.2, no repeated trigrams, max 64 tokens.
       num_beams=4,
       repetition_penalty=1.2,
       no_repeat_ngram_size=3,

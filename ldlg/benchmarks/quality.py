@@ -10,7 +10,7 @@ Per dataset (default: SST; reference for MAUVE = its validation split, never the
     sampled with balanced classes (class accuracy of a MiniLM logistic-regression probe on the samples);
   * a GPT-2 baseline of matched parameter count, same steps and at most the same training wall time;
   * control rows scored by the same code: human training text, and the same text word-shuffled.
-Metrics (ldlg/evaluate.py, DESIGN.md §6): MAUVE on MiniLM features, perplexity under an AR judge (a second
+Metrics (ldlg/evaluation/evaluate.py): MAUVE on MiniLM features, perplexity under an AR judge (a second
 GPT-2 trained on the training split with another seed), diversity, memorization, unique tokens: mean ± std over
 `num_draws` sample sets. Every stage resumes: re-running the command skips what is done.
 `--reuse_autoencoder=<dataset>=<workdir>` reuses a finished pipeline workdir's autoencoder reconstruction row

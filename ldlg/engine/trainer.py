@@ -277,7 +277,7 @@ def _loop(job, run, state, ckpt, devices, start_step, seconds_before) -> TrainRe
   p_step = make_p_train_step(job, devices)
   schedule = train_state_lib.learning_rate_schedule(job.optim, run.num_steps)
   writer = metric_writer.MetricWriter(run.metrics_file, run.tensorboard_dir) if run.is_primary else None
-  batches = Prefetcher(job.batches(start_step))
+  batches = None
   divergence = _Divergence(run.divergence_factor, run.divergence_patience)
   state = parallel.replicate(state, devices)
   pending: list[tuple[int, Any]] = []
@@ -310,6 +310,8 @@ def _loop(job, run, state, ckpt, devices, start_step, seconds_before) -> TrainRe
   step = start_step
   try:
     with signals.StopSignal() as stop:
+      # Started inside the handler's scope: a stop signal while the first batches are built is caught too.
+      batches = Prefetcher(job.batches(start_step))
       while True:
         if step >= run.num_steps:
           stopped_by = "num_steps"
@@ -360,7 +362,8 @@ def _loop(job, run, state, ckpt, devices, start_step, seconds_before) -> TrainRe
     if stopped_by == "max_seconds" and last_good != step:  # Out of time before any step of this session.
       save(step)
   finally:
-    batches.close()
+    if batches is not None:
+      batches.close()
     bar.close()
     if writer:
       writer.close()

@@ -1,11 +1,13 @@
 """Class accuracy of class-conditional samples: a probe trained on real data judges generated text.
 
-The paper trains a classifier on the real training set and reports its accuracy on samples generated
-with balanced, known classes. Here the classifier is a multinomial logistic regression (scikit-learn,
-which `mauve-text` already requires) on frozen sentence features, MiniLM by default. It is a weaker judge
-than the fine-tuned RoBERTa the paper's authors could use, so report its accuracy on held-out *real*
-text beside the samples' accuracy (`TextClassifier.accuracy` on a validation split): the samples'
-number means something only relative to that ceiling.
+The paper judges class-conditional samples with a classifier trained on the real training set, applied to
+samples generated with balanced, known classes. (The official code trains that classifier on the frozen BART
+latents of the real sentences — a transformer over latents, its `train_latent_classifier.py` — not on text with
+a separate pretrained language model.) Here the classifier is a multinomial logistic regression
+(scikit-learn, which `mauve-text` already requires) on frozen sentence features of the decoded text, MiniLM by
+default, so it judges the text a reader sees. Its numbers are not comparable with the paper's; report its
+accuracy on held-out *real* text beside the samples' accuracy (`TextClassifier.accuracy` on a validation split):
+the samples' number means something only relative to that ceiling.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ memorization against the training set, unique tokens and, for class-conditional 
 classifier trained on real data. Offline the MAUVE/classifier features are MiniLM's and the perplexity judge
 is whatever `CausalLM` is passed (the project's AR baseline); every result names its model.
 
-MiniLM features barely see word order (DESIGN.md §6: word-shuffled human text still scores MAUVE 0.6-0.9),
+MiniLM features barely see word order (word-shuffled human text still scores MAUVE 0.6-0.9 on them),
 so always print control rows beside a model's row: `evaluate_texts` on held-out human text and on
 `shuffle_words(human text)`, with the same reference and featurizer.
 

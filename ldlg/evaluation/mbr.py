@@ -6,7 +6,7 @@ expected-utility maximizer when the other candidates stand in for samples of the
 Sentence BLEU is sacrebleu's (exp smoothing, effective order, 0-100); candidate i's utility is
 mean_{j≠i} BLEU(hypothesis = c_i, reference = c_j). Ties go to the earliest candidate.
 
-`seq2seq_report` gathers the seq2seq table of DESIGN.md §3a for one system:
+`seq2seq_report` gathers the seq2seq table (BLEU, ROUGE-L, diversity, slot error) for one system:
 - bleu: sacrebleu corpus BLEU of one hypothesis per source against all that source's references;
 - rouge_l: per source, the best ROUGE-L F1 over its references (rouge-score's multi-reference rule), averaged
   over sources;

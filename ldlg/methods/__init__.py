@@ -12,6 +12,7 @@ from ldlg.methods.base import METHODS, Method
 MODULES = {
     "gaussian": "ldlg.methods.gaussian.method",
     "autoregressive": "ldlg.methods.autoregressive.method",
+    "diffuseq": "ldlg.methods.seq2seq.method",
 }
 
 

@@ -14,27 +14,13 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from ldlg.methods.base import per_example_keys
 from ldlg.methods.gaussian import parameterization as param_lib
 from ldlg.methods.gaussian.denoise_fn import DenoiseFn
 from ldlg.methods.gaussian.schedules import Schedule, q_sample
 
 LOSS_TYPES = ("l2", "l1")
 LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
-
-
-def per_example_keys(rng: jax.Array, example_index: jax.Array, num: int) -> jax.Array:
-  """Per-example keys: split(fold_in(rng, example_index[i]), num).
-
-  Args:
-    rng: a PRNG key shared by every device of a step.
-    example_index: [B] int, the examples' global indices.
-    num: number of independent streams per example.
-
-  Returns:
-    [num, B] keys (stream first, so `keys[k]` is a [B] batch of keys).
-  """
-  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(rng, i), num))(example_index)
-  return jnp.swapaxes(keys, 0, 1)
 
 
 def masked_mean_per_example(values: jax.Array, mask: jax.Array) -> jax.Array:
