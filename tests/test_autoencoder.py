@@ -162,6 +162,47 @@ def test_save_load_round_trip(ae, sentences, tmp_path):
   assert loaded.decode(a, a_mask, **opts) == ae.decode(a, a_mask, **opts)
 
 
+def _save_as_pytorch_safetensors(ae, folder):
+  """Writes ae's weights the way PyTorch's save_pretrained names them (dotted keys, Linear weights
+  transposed, LayerNorm/Embedding `weight`), with config and tokenizer: a folder from the official code."""
+  from flax.traverse_util import flatten_dict
+  from safetensors.numpy import save_file
+  state = {}
+  for path, value in flatten_dict(jax.device_get(ae.params)).items():
+    path, value = list(path), np.asarray(value)
+    if path[-1] == "kernel":
+      path[-1], value = "weight", value.T
+    elif path[-1] in ("scale", "embedding"):
+      path[-1] = "weight"
+    state[".".join(path)] = np.ascontiguousarray(value)
+  folder.mkdir(parents=True, exist_ok=True)
+  save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+  ae.model.config.save_pretrained(str(folder))
+  ae.tokenizer.save_pretrained(str(folder))
+
+
+def test_loads_a_bart_saved_by_pytorch(ae, sentences, tmp_path):
+  """A local BART folder with PyTorch safetensors weights (no flax_model.msgpack) loads without torch and
+  encodes and decodes exactly as the original."""
+  _save_as_pytorch_safetensors(ae, tmp_path / "pt")
+  assert not (tmp_path / "pt" / "flax_model.msgpack").exists()
+  loaded = autoencoder_lib.Autoencoder.from_pretrained(tmp_path / "pt", max_length=MAX_LENGTH)
+  a, a_mask = ae.encode(sentences[:5])
+  b, b_mask = loaded.encode(sentences[:5])
+  np.testing.assert_array_equal(a_mask, b_mask)
+  np.testing.assert_allclose(a, b, atol=1e-6)
+  opts = dict(num_beams=2, max_length=16)
+  assert loaded.decode(a, a_mask, **opts) == ae.decode(a, a_mask, **opts)
+
+
+def test_broken_local_folder_is_not_blamed_on_the_network(ae, tmp_path):
+  ae.tokenizer.save_pretrained(str(tmp_path))
+  ae.model.config.save_pretrained(str(tmp_path))  # No weights at all.
+  with pytest.raises(OSError, match="from the folder.*weights") as e:
+    autoencoder_lib.Autoencoder.from_pretrained(tmp_path)
+  assert "offline" not in str(e.value).lower()
+
+
 def test_missing_local_directory_says_what_to_do(tmp_path):
   with pytest.raises(OSError, match="does not exist.*pretrain"):
     autoencoder_lib.Autoencoder.from_pretrained(tmp_path / "no_such_model")
@@ -265,7 +306,7 @@ def test_pretrain_reconstructs_and_reloads(sentences, tmp_path):
   assert scores["train"][beam]["exact_match"] >= 0.15
   assert scores["train"][beam]["bleu"] >= 50 and scores["valid"][beam]["bleu"] >= 30
   assert result["final_loss"] < 1.5
-  log = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+  log = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in log] == list(range(50, 601, 50)) and log[-1]["loss"] < log[0]["loss"]
   # Saved in HF format: it loads like a hub model and behaves identically.
   loaded = autoencoder_lib.Autoencoder.from_pretrained(tmp_path, max_length=cfg.max_length)
@@ -287,7 +328,7 @@ def test_pretrain_resume_equals_uninterrupted(sentences, tmp_path):
   first = pretrain.pretrain_autoencoder(cfg, texts, [], tmp_path / "b", stop_after_step=3)
   assert first["stopped_early"] and first["step"] == 3
   assert not (tmp_path / "b" / "flax_model.msgpack").exists()
-  with open(tmp_path / "b" / "train_log.jsonl", "a") as f:  # a line written after the checkpoint
+  with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # a line written after the checkpoint
     f.write(json.dumps(dict(step=4, loss=0.0)) + "\n")
   second = pretrain.pretrain_autoencoder(cfg, texts, [], tmp_path / "b")
   assert second["resumed_from"] == 3 and second["step"] == 6
@@ -297,6 +338,6 @@ def test_pretrain_resume_equals_uninterrupted(sentences, tmp_path):
       str(tmp_path / "b"), _do_init=False)
   for x, y in zip(jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
-  log_a = (tmp_path / "a" / "train_log.jsonl").read_text()
-  log_b = (tmp_path / "b" / "train_log.jsonl").read_text()
+  log_a = (tmp_path / "a" / "metrics.jsonl").read_text()
+  log_b = (tmp_path / "b" / "metrics.jsonl").read_text()
   assert log_a == log_b  # same losses at every step; the stale step-4 line was dropped

@@ -99,11 +99,25 @@ class Checkpointer:
       if failures:
         logging.warning("Resuming from step %d: newer checkpoints could not be read (%s).", step,
                         "; ".join(failures))
+        self._set_aside(s for s in self.all_steps() if s > step)
       return state, meta, step
     raise CheckpointError(
         f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(failures) +
         "\nIf the model or config changed, use a new workdir; otherwise delete the damaged step folders to start "
         "that stage again.")
+
+  def _set_aside(self, steps) -> None:
+    """Renames damaged step folders to `damaged-<step>` (kept for inspection), so the run can save those
+    steps again."""
+    for step in list(steps):
+      src = self.directory / str(step)
+      dst = self.directory / f"damaged-{step}"
+      k = 1
+      while dst.exists():
+        dst, k = self.directory / f"damaged-{step}.{k}", k + 1
+      src.rename(dst)
+      logging.warning("Moved the damaged checkpoint %s aside to %s.", src, dst)
+    self._manager.reload()
 
   def _resolve(self, step: int | None) -> int:
     if step is None or step < 0:

@@ -336,8 +336,10 @@ def _loop(job, run, state, ckpt, devices, start_step, seconds_before) -> TrainRe
           check(fetched)  # Never log as fine, nor checkpoint, a state whose loss has not been checked.
           now = time.perf_counter()
           final_loss = float(np.mean([m["loss"] for _, m in fetched]))
+          # The log holds the last step's metrics (not the window's mean, which depends on where a previous
+          # session stopped), so a resumed run's log equals an uninterrupted one's.
           scalars = dict(fetched[-1][1])
-          scalars.update(loss=final_loss, lr=float(schedule(step - 1)))
+          scalars.update(lr=float(schedule(step - 1)))
           timing = {"steps_per_s": len(fetched) / (now - t_log), "seconds": elapsed()}
           t_log = now
           if writer:  # The JSONL log holds only what the computation determines: a resumed run's log equals

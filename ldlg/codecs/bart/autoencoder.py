@@ -38,6 +38,25 @@ _OFFLINE_HINT = (
     "its out_dir.")
 
 
+def pytorch_weights(folder: pathlib.Path) -> pathlib.Path | None:
+  """The PyTorch weights file of a model folder that has no Flax weights, else None."""
+  if (folder / "flax_model.msgpack").exists():
+    return None
+  for name in ("model.safetensors", "pytorch_model.bin"):
+    if (folder / name).exists():
+      return folder / name
+  return None
+
+
+def _require_torch(folder: pathlib.Path) -> None:
+  try:
+    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise OSError(f"{folder} holds PyTorch weights as pytorch_model.bin, which only PyTorch can read. Save them "
+                  "as safetensors (model.save_pretrained(dir, safe_serialization=True) in PyTorch), which loads "
+                  "here without torch, or install torch.") from e
+
+
 def bucket_lengths(max_length: int, multiple: int = 8) -> tuple[int, ...]:
   """The padded lengths `encode` uses: multiples of `multiple` below max_length, then max_length."""
   return tuple(range(multiple, max_length, multiple)) + (max_length,)
@@ -108,12 +127,25 @@ class Autoencoder:
       raise OSError(f"autoencoder directory {name!r} does not exist. {_OFFLINE_HINT}")
     if local.exists():
       name = str(local)
+    weights = pytorch_weights(local) if local.is_dir() else None
     try:
-      # _do_init=False skips a random initialisation that the loaded weights would replace anyway.
-      model, params = transformers.FlaxBartForConditionalGeneration.from_pretrained(
-          name, dtype=dtype, _do_init=False)
+      if weights is not None:
+        # A BART saved by PyTorch (e.g. fine-tuned with the official code): Flax converts the weights on load;
+        # safetensors needs no torch. (_do_init=False cannot convert, so the model is built with its params.)
+        if weights.name == "pytorch_model.bin":
+          _require_torch(local)
+        model = transformers.FlaxBartForConditionalGeneration.from_pretrained(name, dtype=dtype, from_pt=True)
+        params = model.params
+      else:
+        # _do_init=False skips a random initialisation that the loaded weights would replace anyway.
+        model, params = transformers.FlaxBartForConditionalGeneration.from_pretrained(
+            name, dtype=dtype, _do_init=False)
       tokenizer = transformers.AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
+      if local.exists():  # Not a network problem: say what is wrong with the folder.
+        raise OSError(f"could not load the BART autoencoder from the folder {name!r} ({type(e).__name__}: "
+                      f"{str(e)[:400]}). It needs config.json, the tokenizer files and weights "
+                      "(flax_model.msgpack, model.safetensors or pytorch_model.bin).") from e
       raise OSError(f"could not load the BART autoencoder {name!r} ({type(e).__name__}: {e}). "
                     f"{_OFFLINE_HINT}") from e
     return cls(model, tokenizer, params=params, max_length=max_length, name=name, **kwargs)
