@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 
 from ldlg.engine.parallel import global_sum
-from ldlg.methods.base import per_example_keys
 from ldlg.methods.masked.logits_fn import LogitsFn
 from ldlg.methods.masked.schedule import MaskSchedule
 from ldlg.methods.masked.subs import subs_log_probs
@@ -104,9 +103,12 @@ def nelbo_terms(logits_fn: LogitsFn, schedule: MaskSchedule, params: Any, rng: j
     example_index = jnp.arange(b)
   global_batch = global_sum(jnp.asarray(b, jnp.float32))
 
-  # Disjoint roots: the shared u, the per-example streams, the network's dropout.
+  # Disjoint roots: the shared u, the per-example draws, the network's dropout. Each example draws its L masking
+  # uniforms and its label-dropout coin in one call from fold_in(root, example_index): one random-bits program
+  # (each one costs seconds of XLA compile time on CPU).
   u = jax.random.uniform(jax.random.fold_in(rng, 0), ())
-  k_mask, k_label = per_example_keys(jax.random.fold_in(rng, 1), example_index, 2)
+  example_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(rng, 1), i))(example_index)
+  draws = jax.vmap(lambda k: jax.random.uniform(k, (length + 1,)))(example_keys)  # [b, L + 1]
   # Dropout masks cannot be per example (one key per call); the first global index gives each device its own.
   k_drop = jax.random.fold_in(jax.random.fold_in(rng, 2), example_index[0])
 
@@ -120,8 +122,7 @@ def nelbo_terms(logits_fn: LogitsFn, schedule: MaskSchedule, params: Any, rng: j
     t = t_min + (1.0 - t_min) * t_raw
     weight = (1.0 - t_min) * schedule.weight(t)
 
-  draws = jax.vmap(lambda k: jax.random.uniform(k, (length,)))(k_mask)
-  masked = draws < schedule.mask_prob(t)[:, None]
+  masked = draws[:, :length] < schedule.mask_prob(t)[:, None]
   if not pad_in_loss:
     masked = masked & real
   z_t = jnp.where(masked, mask_id, ids)
@@ -130,7 +131,7 @@ def nelbo_terms(logits_fn: LogitsFn, schedule: MaskSchedule, params: Any, rng: j
   out = {}
   class_id = None
   if num_classes > 0:
-    drop = jax.vmap(lambda k: jax.random.bernoulli(k, label_dropout))(k_label)
+    drop = draws[:, length] < label_dropout
     class_id = jnp.where(drop, num_classes, batch["label"].astype(jnp.int32))
     out["null_label"] = drop
 

@@ -17,8 +17,8 @@ over (x_θ is their one-hot), and only masked positions are ever written.
   block; each block's window starts with the last `overlap` tokens of what is already there (a clean prefix,
   kept by carry-over), the rest masked. An optional `prefix` starts the text.
 
-Randomness: step j of window b uses the key fold_in(fold_in(rng, b), j), split per example by `example_index`
-(`ldlg.methods.base.per_example_keys`), so a batch split over devices draws what one device would.
+Randomness: step j uses fold_in(rng, j) (in window b of the semi-autoregressive sampler, rng = fold_in(rng, b)),
+folded with each example's `example_index`, so a batch split over devices draws what one device would.
 """
 import math
 from typing import Any, Callable, Optional
@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldlg.methods.base import per_example_keys
 from ldlg.methods.masked.logits_fn import LogitsFn
 from ldlg.methods.masked.schedule import MaskSchedule
 from ldlg.methods.masked.subs import carry_over, denoiser_log_probs
@@ -119,9 +118,14 @@ def _make_window_fn(logits_fn: LogitsFn, schedule: MaskSchedule, *, mask_id: int
       else:
         lp = log_x_theta(params, z, t, key_mask, class_id, rng)
         calls = calls + 1
-      k_unmask, k_token = per_example_keys(jax.random.fold_in(rng, j), example_index, 2)
-      u = jax.vmap(lambda k: jax.random.uniform(k, z.shape[1:]))(k_unmask)
-      tokens = jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(k_token, lp)
+      # One uniform draw per example gives both the reveal coins (column 0) and Gumbel noise for the token
+      # choice (gumbel-max = a categorical draw); one random-bits program per step keeps XLA's compile short.
+      step_key = jax.random.fold_in(rng, j)
+      keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(example_index)
+      draws = jax.vmap(lambda k: jax.random.uniform(k, lp.shape[1:-1] + (lp.shape[-1] + 1,),
+                                                    minval=jnp.finfo(jnp.float32).tiny))(keys)
+      u = draws[..., 0]
+      tokens = jnp.argmax(lp - jnp.log(-jnp.log(draws[..., 1:])), axis=-1)
       reveal = (z == mask_id) & (u < p_unmask)
       z_new = jnp.where(reveal, tokens.astype(z.dtype), z)
       return (z_new, lp, jnp.any(reveal), calls), (z_new if return_trajectory else None)
