@@ -104,3 +104,16 @@ def test_evaluation_hook_nelbo_of_uniform_prediction():
   assert abs(values.mean() - expected) < 4 * se
   assert runs[0]["num_tokens"] == scored and runs[0]["num_sequences"] == len(lengths)
   np.testing.assert_allclose(runs[0]["perplexity_bound"], np.exp(runs[0]["nelbo_per_token"]), rtol=1e-12)
+
+
+def test_token_transformer_ignores_tokens_outside_the_key_mask():
+  method = MaskedDiffusion(vocab_size=V, mask_id=MASK, pad_id=PAD, max_len=8, network=dict(NETWORK, num_classes=2))
+  params = random_params(method)
+  apply = jax.jit(lambda p, tokens, mask: method.model.apply({"params": p}, tokens, mask, None, jnp.array([0, 2])))
+  tokens = jnp.array([[0, 5, 6, 7, 2, 1, 1, 1], [0, 8, 4, 2, 1, 1, 1, 1]])
+  mask = tokens != PAD
+  other = jnp.where(mask, tokens, 6)  # different tokens where the key mask is False
+  a, b = np.asarray(apply(params, tokens, mask)), np.asarray(apply(params, other, mask))
+  assert a.shape == (2, 8, V)
+  np.testing.assert_allclose(a[np.asarray(mask)], b[np.asarray(mask)], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(a[~np.asarray(mask)], b[~np.asarray(mask)])  # the masked positions' own inputs differ

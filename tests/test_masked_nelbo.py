@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
-from ldlg.methods.masked import MaskSchedule, make_loss_fn
+from ldlg.methods.masked import MaskSchedule, make_loss_fn, nelbo_terms
 
 MASK, V, L = 3, 4, 4
 SCHEDULE = MaskSchedule("loglinear", eps=0.0)
@@ -159,3 +159,31 @@ def test_misspecified_factorized_denoiser_upper_bounds_nll_of_correlated_data():
   mean, se = mc_loss(product_probs(pi), ids)
   assert abs(mean - (1 - T_MIN) * cross_entropy) < 4 * se
   assert mean - nll > 10 * se
+
+
+def test_padding_is_modelled_or_left_clean():
+  # T = 1 and ε = 0: t = 1, so every modelled position is masked. With pad_in_loss the pads are modelled tokens
+  # (all L positions masked, every key visible); without, pads stay clean and are hidden from attention.
+  seen = {}
+
+  def uniform_oracle(params, z_t, t, mask, class_id, train, rng):
+    seen["z_t"], seen["key_mask"] = z_t, mask
+    return jnp.zeros(z_t.shape + (V,))
+
+  ids = jnp.array([[0, 1, 2, 2], [1, 1, 2, 2]])  # token 2 plays the pad here
+  real = ids != 2
+  for pad_in_loss in (True, False):
+    @jax.jit
+    def run(batch):
+      terms = nelbo_terms(uniform_oracle, SCHEDULE, None, jax.random.PRNGKey(0), batch, mask_id=MASK,
+                          num_timesteps=1, pad_in_loss=pad_in_loss)
+      return terms, dict(seen)  # what the network was given, from the same trace
+
+    terms, seen_now = run({"input_ids": ids, "mask": real})
+    seen.update(seen_now)
+    modelled = np.ones(ids.shape, bool) if pad_in_loss else np.asarray(real)
+    np.testing.assert_array_equal(seen["z_t"], np.where(modelled, MASK, ids))
+    np.testing.assert_array_equal(seen["key_mask"], modelled)
+    # Each masked position costs log 3 (uniform over the 3 non-mask tokens); the count is the real tokens.
+    np.testing.assert_allclose(terms["nelbo"], modelled.sum(1) * math.log(3), rtol=1e-6)
+    np.testing.assert_array_equal(terms["num_tokens"], [2, 2])
