@@ -13,6 +13,8 @@ over (x_θ is their one-hot), and only masked positions are ever written.
 - Nucleus (`top_p < 1`): each position's x_θ is cut to its smallest set of tokens of mass >= top_p.
 - Classes: `class_id` [B]; classifier-free guidance with `guidance_scale` w combines the log-probabilities,
   log x_w ∝ w log x_θ(·|c) + (1-w) log x_θ(·|∅), in one network call on the doubled batch (counted as one call).
+  Network logits are finite; an oracle giving -inf unconditionally where the conditional is finite would make
+  (1-w)(-inf) = +inf for w > 1.
 - Semi-autoregressive (`make_semi_ar_sampler`): texts longer than the model's window are generated block by
   block; each block's window starts with the last `overlap` tokens of what is already there (a clean prefix,
   kept by carry-over), the rest masked. An optional `prefix` starts the text.
