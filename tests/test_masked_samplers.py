@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ldlg.methods.masked import (MaskSchedule, logits_fn_from_module, make_sampler, make_semi_ar_sampler)
+from ldlg.methods.masked import MaskSchedule, logits_fn_from_module, make_sampler, make_semi_ar_sampler
+from ldlg.methods.masked.samplers import inverse_cdf_sample
 from ldlg.networks.token_transformer import TokenTransformer
 
 MASK = 4
@@ -116,3 +117,10 @@ def test_semi_autoregressive_keeps_the_prefix_and_fills_every_block():
   assert not np.any(tokens == MASK)
   # 1 + ceil((21 - 8) / (8 - 3)) = 4 windows of num_steps calls each.
   assert int(out["num_network_calls"]) == 4 * num_steps
+
+
+def test_inverse_cdf_sample_never_picks_a_zero_probability_token():
+  log_probs = jnp.log(jnp.array([0.5, 0.0, 0.5, 0.0]))
+  v = jnp.array([0.0, 0.49, 0.51, 1.0 - 2.0 ** -24, 1.0])  # 1.0: the rounding fallback
+  tokens = jax.jit(inverse_cdf_sample)(jnp.broadcast_to(log_probs, (5, 4)), v)
+  np.testing.assert_array_equal(tokens, [0, 0, 2, 2, 2])

@@ -60,6 +60,24 @@ def nucleus_filter(log_probs: jax.Array, top_p: float) -> jax.Array:
   return jnp.where(keep, log_probs, -jnp.inf)
 
 
+def inverse_cdf_sample(log_probs: jax.Array, v: jax.Array) -> jax.Array:
+  """The token whose CDF interval holds v: a draw from softmax(log_probs) when v ~ U[0, 1).
+
+  Args:
+    log_probs: [..., V] log-probabilities (-inf allowed; need not be normalized).
+    v: [...] uniforms in [0, 1).
+
+  Returns:
+    [...] int32 ids, never a token of zero probability.
+  """
+  probs = jnp.exp(log_probs - jnp.max(log_probs, axis=-1, keepdims=True))
+  cdf = jnp.cumsum(probs, axis=-1)
+  above = cdf > v[..., None] * cdf[..., -1:]
+  # If rounding puts the target at the total, fall back to the last token of positive probability.
+  last = probs.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)
+  return jnp.where(jnp.any(above, axis=-1), jnp.argmax(above, axis=-1), last).astype(jnp.int32)
+
+
 def unmask_probabilities(schedule: MaskSchedule, num_steps: int) -> np.ndarray:
   """(α_s - α_t) / (1 - α_t) for the steps t = k/T -> s = (k-1)/T, k = T..1 (sampling order); the last is 1.
 
@@ -120,14 +138,13 @@ def _make_window_fn(logits_fn: LogitsFn, schedule: MaskSchedule, *, mask_id: int
       else:
         lp = log_x_theta(params, z, t, key_mask, class_id, rng)
         calls = calls + 1
-      # One uniform draw per example gives both the reveal coins (column 0) and Gumbel noise for the token
-      # choice (gumbel-max = a categorical draw); one random-bits program per step keeps XLA's compile short.
+      # Two uniforms per position: the reveal coin and an inverse-CDF token draw. (Gumbel-max would need V
+      # random numbers per position and step, which would dominate the cost of the steps the cache skips.)
       step_key = jax.random.fold_in(rng, j)
       keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(example_index)
-      draws = jax.vmap(lambda k: jax.random.uniform(k, lp.shape[1:-1] + (lp.shape[-1] + 1,),
-                                                    minval=jnp.finfo(jnp.float32).tiny))(keys)
+      draws = jax.vmap(lambda k: jax.random.uniform(k, z.shape[1:] + (2,)))(keys)  # [B, L, 2]
       u = draws[..., 0]
-      tokens = jnp.argmax(lp - jnp.log(-jnp.log(draws[..., 1:])), axis=-1)
+      tokens = inverse_cdf_sample(lp, draws[..., 1])
       reveal = (z == mask_id) & (u < p_unmask)
       z_new = jnp.where(reveal, tokens.astype(z.dtype), z)
       return (z_new, lp, jnp.any(reveal), calls), (z_new if return_trajectory else None)
