@@ -211,12 +211,41 @@ def make_autoregressive_cpu(config: ml_collections.ConfigDict) -> ml_collections
   return config
 
 
+def make_masked_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Offline CPU masked diffusion (MDLM, ldlg/methods/masked) on the same data: the `:mdlm_cpu` variant.
+
+  A bidirectional transformer over the project's BPE (`tokenizer` stage; `--config.tokenizer.path` to share one
+  with an AR or LD4LG run), log-linear schedule, continuous-time RB-NELBO with antithetic times, no time input
+  (as the paper), class-conditional with a null class where the dataset has labels. Sized like the `:cpu`
+  denoiser (4 x 128).
+  """
+  num_classes = config.model.num_classes
+  config.method = d(name="masked", schedule="loglinear", eps=1e-3, num_timesteps=0, t_min=1e-3, pad_in_loss=True,
+                    label_dropout=0.1)
+  for section in ("autoencoder", "diffusion"):
+    del config[section]
+  config.tokenizer = d(path="", vocab_size=4096, min_frequency=2)
+  config.model = d(dim=128, num_layers=4, num_heads=4, ff_mult=4, max_len=64, num_classes=num_classes,
+                   time_conditioning=False, dropout=0.0)
+  config.model.max_len = config.data.get_ref("max_length")
+  config.optim.update(lr=5e-4, warmup_steps=200)
+  config.train.update(num_steps=3000, batch_size=64, ema_decay=0.999, log_every=50, ckpt_every=500,
+                      sample_every=0)
+  config.sample = d(num_samples=500, batch_size=100, num_steps=128, cache=True, top_p=1.0, guidance_scale=1.0,
+                    seed=0, class_id=-1, max_redraws=5, checkpoint_step=-1)
+  config.eval.update(featurizer="minilm", ppl_model="", likelihood_repeats=1)
+  return config
+
+
+VARIANTS = {"cpu": make_cpu_sized, "ar_cpu": make_autoregressive_cpu, "mdlm_cpu": make_masked_cpu}
+
+
 def apply_variant(config: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:
-  """The dataset configs' variants: none (paper), `cpu` (offline LD4LG), `ar_cpu` (offline GPT-2 baseline)."""
-  if arg == "cpu":
-    return make_cpu_sized(config)
-  if arg == "ar_cpu":
-    return make_autoregressive_cpu(config)
+  """The dataset configs' variants: none (paper), `cpu` (offline LD4LG), `ar_cpu` (offline GPT-2 baseline),
+  `mdlm_cpu` (offline masked diffusion)."""
+  if arg in VARIANTS:
+    return VARIANTS[arg](config)
   if arg:
-    raise ValueError(f"unknown variant {arg!r} for configs/{name}.py; use no variant (paper), ':cpu' or ':ar_cpu'")
+    raise ValueError(f"unknown variant {arg!r} for configs/{name}.py; use no variant (paper) or one of "
+                     f"{sorted(VARIANTS)}")
   return config

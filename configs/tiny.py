@@ -1,6 +1,7 @@
 r"""Tiny end-to-end config for tests and smoke runs: every stage in seconds on one CPU core.
 
   python -m ldlg.main --config=configs/tiny.py --workdir=/tmp/ldlg_tiny --mode=pipeline --data_dir=../shared/data
+  (`configs/tiny.py:ar` and `:mdlm`: the same for the autoregressive baseline and masked diffusion.)
   Hardware: any CPU; a few minutes including compilation.
   Reaches: nothing meaningful (a few hundred sentences, tens of steps); it checks the plumbing, not quality.
 """
@@ -9,7 +10,28 @@ from configs import default
 
 
 def get_config(arg: str | None = None):
-  del arg
+  """arg: None (LD4LG), "ar" (the autoregressive baseline) or "mdlm" (masked diffusion), each tiny."""
+  config = _ld4lg()
+  if arg == "ar":
+    default.make_autoregressive_cpu(config)
+    config.tokenizer.vocab_size = 512
+    config.model.update(n_layer=1, n_embd=32, n_head=2)
+  elif arg == "mdlm":
+    default.make_masked_cpu(config)
+    config.tokenizer.vocab_size = 512
+    config.model.update(dim=32, num_layers=2, num_heads=2)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar' or 'mdlm'")
+  if arg:
+    config.optim.update(lr=1e-3, warmup_steps=5)
+    config.train.update(num_steps=20, batch_size=8, log_every=5, ckpt_every=10, keep_checkpoints=2)
+    config.sample.update(num_samples=8, batch_size=4)
+    if arg == "mdlm":
+      config.sample.num_steps = 16
+  return config
+
+
+def _ld4lg():
   config = default.get_config()
   config.data.update(name="e2e", train_split="validation", eval_split="validation", max_length=32,
                      max_examples=256, shard_size=128, encode_batch_size=64, length_bucketed=False)

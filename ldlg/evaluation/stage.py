@@ -33,6 +33,8 @@ def evaluate(config, workdir: Workdir, data_dir) -> dict:
       [r["text"] for r in records], reference, [r["text"] for r in train], featurizer=featurizer,
       num_draws=config.eval.num_draws, ppl_model=ppl_model, sample_labels=labels, classifier=classifier,
       seed=config.sample.seed)
+  from ldlg import methods
+  metrics.update(methods.get(config).likelihood_metrics(config, workdir, data_dir))
   evaluate_lib.save_metrics(metrics, workdir.metrics_json)
   logging.info("Metrics (%s): %s", workdir.metrics_json, json.dumps(metrics))
   return metrics

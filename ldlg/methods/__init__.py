@@ -13,12 +13,15 @@ MODULES = {
     "gaussian": "ldlg.methods.gaussian.method",
     "autoregressive": "ldlg.methods.autoregressive.method",
     "diffuseq": "ldlg.methods.seq2seq.method",
+    "masked": "ldlg.methods.masked.method",
 }
 
 
 def method_name(config) -> str:
-  """The run's method name (configs without a `method` field are Gaussian latent diffusion runs)."""
-  return config.get("method", "gaussian")
+  """The run's method name: `config.method` (a name, or a section with a `name` field); configs without one
+  are Gaussian latent diffusion runs."""
+  method = config.get("method", "gaussian")
+  return method if isinstance(method, str) else method.name
 
 
 def get(config_or_name):

@@ -73,6 +73,11 @@ class Method(abc.ABC):
     """The run's stages in order (ldlg.engine.stage.Stage): what `--mode=pipeline` runs for this method."""
     raise NotImplementedError
 
+  @staticmethod
+  def likelihood_metrics(config, workdir, data_dir) -> dict:
+    """Likelihood figures `--mode=evaluate` adds to metrics.json (e.g. {"likelihood": {...}}); none by default."""
+    return {}
+
   def evaluation_hooks(self) -> Mapping[str, Callable[..., dict]]:
     """Extra evaluations `--mode=evaluate` reports for this method (e.g. a likelihood bound), by name."""
     return {}

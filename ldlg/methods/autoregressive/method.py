@@ -55,10 +55,26 @@ class Autoregressive(base.Method):
     return self._loss(params, rng, batch)
 
   @staticmethod
+  def likelihood_metrics(config, workdir, data_dir) -> dict:
+    return likelihood_metrics(config, workdir, data_dir)
+
+  @staticmethod
   def stages():
     from ldlg.evaluation.stage import EVALUATE
     return (tokens.TOKENIZER, Stage("train", train, train_done, single_host=False), Stage("sample", sample, sample_done),
             EVALUATE)
+
+
+def likelihood_metrics(config, workdir: Workdir, data_dir) -> dict:
+  """The exact perplexity on the eval split, on the same tokens as MDLM's bound (<s> not scored, </s> scored)."""
+  del data_dir
+  import json
+  import math
+  result = json.loads((model_dir(workdir) / "ar_result.json").read_text())
+  if "valid_loss" not in result:
+    return {}
+  return {"likelihood": {"split": config.data.eval_split, "nll_per_token": result["valid_loss"],
+                         "perplexity": math.exp(result["valid_loss"]), "exact": True}}
 
 
 def model_dir(workdir: Workdir):

@@ -207,3 +207,13 @@ class MaskedDiffusion(Method):
 
   def evaluation_hooks(self):
     return {"nelbo": self.evaluate_nelbo}
+
+  @staticmethod
+  def stages():
+    from ldlg.methods.masked import stages
+    return stages.stages()
+
+  @staticmethod
+  def likelihood_metrics(config, workdir, data_dir) -> dict:
+    from ldlg.methods.masked import stages
+    return stages.likelihood_metrics(config, workdir, data_dir)
