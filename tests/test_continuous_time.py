@@ -51,7 +51,18 @@ def gaussian_oracle(mu, cov):
   return denoise_fn
 
 
-DIAG_ORACLE = gaussian_oracle(MU, np.diag(S2))
+def diagonal_oracle(mu, s2):
+  """The same for a diagonal covariance, elementwise (cheaper to compile than the matrix inverse)."""
+  mu, s2 = jnp.asarray(mu, jnp.float32), jnp.asarray(s2, jnp.float32)
+  knots = jnp.asarray(KNOTS64, jnp.float32)
+
+  def denoise_fn(params, z, t, mask, *unused):
+    ab = jnp.exp(jnp.interp(jnp.asarray(t, jnp.float32) + 1.0, jnp.arange(T + 1.0), knots))[:, None, None]
+    return mu + jnp.sqrt(ab) * s2 / (ab * s2 + 1 - ab) * (z - jnp.sqrt(ab) * mu)
+  return denoise_fn
+
+
+DIAG_ORACLE = diagonal_oracle(MU, S2)
 
 
 def sample_moments(kind, num_steps, batch, length, seed=0, **kw):
@@ -185,7 +196,6 @@ def test_network_time_and_grids():
 
 # ---- samplers ----
 
-@pytest.mark.slow
 @pytest.mark.parametrize("num_steps", [10, 20])
 def test_dpm_solver_matches_data_at_least_as_well_as_ddim(num_steps):
   for spacing in ("logsnr_uniform", "time_uniform"):
@@ -209,14 +219,14 @@ def test_sde_and_pc_samplers_match_the_data():
   # Euler–Maruyama: samples follow the exact discretized chain; its bias at 200 steps is a few percent.
   ts = ct.time_grid(CS, 200, "time_uniform")
   m_exact, v_exact = euler_maruyama_exact(ts)
-  mean, var, n = sample_moments("sde_euler", 200, 2048, 4)
+  mean, var, n = sample_moments("sde_euler", 200, 1024, 4)
   np.testing.assert_array_less(np.abs(mean - m_exact), 5 * np.sqrt(v_exact / n))
   np.testing.assert_array_less(np.abs(var - v_exact), 5 * v_exact * math.sqrt(2 / (n - 1)))
   np.testing.assert_array_less(np.abs(v_exact / S2 - 1), 0.05)
   np.testing.assert_array_less(np.abs(m_exact - MU), 0.02)
   # Predictor–corrector (no closed form: the Langevin step depends on the sample's norms). Its per-example
   # step-size rule needs many entries per example, as real latents have (L·D in the thousands): L = 64 here.
-  mean, var, n = sample_moments("pc", 200, 256, 64, num_corrector_steps=1, snr=0.16)
+  mean, var, n = sample_moments("pc", 200, 128, 64, num_corrector_steps=1, snr=0.16)
   np.testing.assert_array_less(np.abs(mean - MU), 5 * np.sqrt(S2 / n) + 0.02)
   np.testing.assert_array_less(np.abs(var / S2 - 1), 0.1)
 
@@ -225,7 +235,7 @@ def test_sde_and_pc_samplers_match_the_data():
 def test_pf_ode_maps_noise_to_data_and_is_invertible():
   full = make_pf_ode_solver(make_x0_estimator(DIAG_ORACLE, CS, time_input="fractional", self_condition=False),
                             CS, self_condition=False, rtol=1e-6, atol=1e-6)
-  flow = jax.jit(full, static_argnums=(3, 4))
+  flow = jax.jit(full)  # times traced: one program decodes and encodes
   t_min = 1.0 / T
   z1 = jax.random.normal(jax.random.PRNGKey(0), (32, 4, 4))
   mask = jnp.ones((32, 4), bool)
@@ -249,7 +259,7 @@ def test_ode_function_evaluation_count():
     jax.debug.callback(lambda: count.append(1))
     return -y * jnp.sin(lam) + 0.1 * y * y
 
-  for rtol in (1e-3, 1e-6):
+  for rtol in (1e-4,):
     count.clear()
     _, nfe = jax.jit(lambda y0: solve(field, y0, jnp.float32(-5.0), jnp.float32(4.0), rtol=rtol, atol=rtol,
                                       solver="tsit5", max_steps=1000))(jnp.ones(3))
@@ -309,15 +319,15 @@ def test_ode_likelihood_with_exact_trace_is_the_closed_form():
 
 @pytest.mark.slow
 def test_hutchinson_estimate_is_unbiased():
-  """Same example repeated with independent Rademacher probes: mean within 4 standard errors of the exact trace."""
+  """Same example repeated with independent Rademacher probes: the mean is the closed form within 4 SE."""
   x = jnp.broadcast_to(jnp.asarray([[0.9, -1.2, 0.4], [0.0, 1.5, -0.3]]), (256, 2, 3))
   run = lambda trace, x: jax.jit(lambda x: likelihood.ode_nll(
       FULL_ORACLE, SCHEDULE, None, jax.random.PRNGKey(3), x, x[..., 0] == x[..., 0], self_condition=False,
       time_input="fractional", trace=trace, rtol=1e-5, atol=1e-5))(x)
-  exact = float(run("exact", x[:1])["nll"][0])
+  exact = -model_log_likelihood(np.asarray(x[0], np.float64), 1.0 / T).sum()
   est = np.asarray(run("hutchinson", x)["nll"], np.float64)
   assert est.std() > 1e-3  # the full covariance makes single probes noisy
-  assert abs(est.mean() - exact) < 4 * est.std(ddof=1) / math.sqrt(est.size)
+  assert abs(est.mean() - exact) < 4 * est.std(ddof=1) / math.sqrt(est.size) + 2e-3
 
 
 @pytest.mark.slow
@@ -356,7 +366,8 @@ def test_vlb_matches_its_closed_form_expectation():
 
 # ---- contracts shared with make_sampler ----
 
-KINDS = [("dpm_solver_pp_2m", 6), ("sde_euler", 6), ("pc", 4), ("ode_adaptive", 0)]
+KINDS = [("sde_euler", 6), ("pc", 4),  # DPM-Solver++ shares the scan of sde_euler (without step noise)
+         pytest.param("ode_adaptive", 0, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("kind,num_steps", KINDS)
@@ -367,8 +378,14 @@ def test_traced_once_padding_and_device_split(kind, num_steps):
     traces.append(z.shape)
     return DIAG_ORACLE(params, z, t, mask)
 
-  sample = make_continuous_sampler(counting, SCHEDULE, kind=kind, num_steps=max(num_steps, 2),
-                                   time_input="fractional", rtol=1e-3, atol=1e-3)
+  # A class-conditional call with guidance (the oracle ignores the class, so the law is unchanged): the
+  # guided path, and for the ODE the per-example class ids through its vmap, are what run here.
+  guided = make_continuous_sampler(counting, SCHEDULE, kind=kind, num_steps=max(num_steps, 2),
+                                   time_input="fractional", rtol=1e-3, atol=1e-3, guidance_scale=2.0,
+                                   num_classes=3)
+  ids = jnp.array([0, 1, 2, 1])
+  sample = lambda params, rng, mask, _, dim, **kw: guided(params, rng, mask, ids[kw.get("example_offset", 0):][
+      :mask.shape[0]], dim, **kw)
   mask_a = mask_from_lengths(jnp.array([5, 2, 0, 3]), 5)
   mask_b = mask_from_lengths(jnp.array([1, 5, 4, 4]), 5)
   x1 = sample(None, jax.random.PRNGKey(0), mask_a, None, 4)
@@ -397,9 +414,9 @@ def test_self_conditioning_is_carried_and_guidance_is_one_batched_call():
     x = make_continuous_sampler(counter, SCHEDULE, kind=kind, num_steps=steps, num_corrector_steps=1)(
         None, jax.random.PRNGKey(0), mask, None, 2)
     np.testing.assert_allclose(x, evals - 1)  # the first evaluation has no estimate
-    x = make_continuous_sampler(counter, SCHEDULE, kind=kind, num_steps=steps, self_condition=False)(
-        None, jax.random.PRNGKey(0), mask, None, 2)
-    np.testing.assert_allclose(x, 0.0)
+  x = make_continuous_sampler(counter, SCHEDULE, kind="dpm_solver_pp_2m", num_steps=5, self_condition=False)(
+      None, jax.random.PRNGKey(0), mask, None, 2)
+  np.testing.assert_allclose(x, 0.0)
 
   calls = []
 
@@ -409,14 +426,12 @@ def test_self_conditioning_is_carried_and_guidance_is_one_batched_call():
     return jnp.broadcast_to(jnp.reshape(value, (-1, 1, 1)), z.shape)
 
   ids = jnp.array([0, 2])
-  for kind in ("dpm_solver_pp_2m", "pc", "ode_adaptive"):
+  for w in (1.0, 3.0):
     calls.clear()
-    x = make_continuous_sampler(class_reporter, SCHEDULE, kind=kind, num_steps=3, guidance_scale=3.0,
-                                num_classes=3, rtol=1e-2, atol=1e-2)(None, jax.random.PRNGKey(0), mask, ids, 2)
-    np.testing.assert_allclose(np.asarray(x)[:, 0, 0], 3.0 * np.array([0.0, 2.0]) + (1 - 3.0) * 3, rtol=1e-5)
-    # cond + null stacked in one call (the ODE solves each example on its own, 1 + 1 rows, then takes x̂0 of
-    # the whole batch at t_min)
-    assert set(calls) == ({(2,), (4,)} if kind == "ode_adaptive" else {(4,)})
+    x = make_continuous_sampler(class_reporter, SCHEDULE, kind="dpm_solver_pp_2m", num_steps=3, guidance_scale=w,
+                                num_classes=3)(None, jax.random.PRNGKey(0), mask, ids, 2)
+    np.testing.assert_allclose(np.asarray(x)[:, 0, 0], w * np.array([0.0, 2.0]) + (1 - w) * 3, rtol=1e-5)
+    assert calls == [(2,)] if w == 1.0 else [(4,)]  # cond + null stacked in one call
 
 
 def test_dispatcher_options_and_errors():

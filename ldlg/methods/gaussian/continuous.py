@@ -181,7 +181,8 @@ def analytic_alpha_bar(name: str, t, num_timesteps: int = 1000, **kw: float) -> 
   """Each named schedule's own closed-form continuous ᾱ(t) (float64 numpy), without β clipping.
 
   "linear": the VP SDE exp(-T(β_start t + (β_end - β_start) t² / 2)) (Song et al. 2021, β_min = T β_start);
-  "cosine": f(t)/f(0), f(u) = cos²((u + s)/(1 + s) π/2); "sqrt": (1 - sqrt(t + s)) / (1 - sqrt(s)) (< 0 near t = 1, where the discrete β is clipped).
+  "cosine": f(t)/f(0), f(u) = cos²((u + s)/(1 + s) π/2); "sqrt": (1 - sqrt(t + s)) / (1 - sqrt(s)) (< 0 near
+  t = 1, where the discrete β is clipped).
   """
   t = np.asarray(t, np.float64)
   if name == "linear":

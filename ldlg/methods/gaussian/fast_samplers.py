@@ -144,7 +144,9 @@ def make_pc_sampler(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule, 
   ab_next = np.concatenate([ab[1:], [1.0]])
   beta_s = 1.0 - ab / ab_next
   var = 1.0 - ab
-  pred_a, pred_b, pred_sigma = beta_s * np.sqrt(ab) / var, 2.0 - np.sqrt(1.0 - beta_s) - beta_s / var, np.sqrt(beta_s)
+  pred_a = beta_s * np.sqrt(ab) / var
+  pred_b = 2.0 - np.sqrt(1.0 - beta_s) - beta_s / var
+  pred_sigma = np.sqrt(beta_s)
   pred_a[-1], pred_b[-1], pred_sigma[-1] = 1.0, 0.0, 0.0
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   xs = {"step": jnp.arange(len(ts)), "t": f32(ts), "ab": f32(ab), "a": f32(pred_a), "b": f32(pred_b),

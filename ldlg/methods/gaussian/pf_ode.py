@@ -80,16 +80,16 @@ def make_pf_ode_solver(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedul
                        max_steps: int = 4096) -> Callable[..., tuple[jax.Array, jax.Array]]:
   """Builds solve_batch(params, z, mask, t_start, t_end, class_id=None, rng=None) -> (z_end, nfe).
 
-  t_start > t_end decodes (noise → data), t_start < t_end encodes. z: [B, L, D]; mask [B, L]; class_id [B] or
-  None; returns z_end [B, L, D] (0 at padding) and nfe [B] int32 network calls per example. Not jitted (jit the
-  caller); the times are Python floats.
+  t_start > t_end decodes (noise → data), t_start < t_end encodes. z: [B, L, D]; mask [B, L]; times: scalars in
+  (0, 1], Python or traced (one compiled program serves both directions); class_id [B] or None; returns z_end
+  [B, L, D] (0 at padding) and nfe [B] int32 network calls per example. Not jitted: jit the caller.
   """
   calls_per_eval = 2 if self_condition else 1
   field = velocity(two_pass_x0(x0_fn, self_condition), cs)
 
   def solve_batch(params, z, mask, t_start, t_end, class_id=None, rng=None):
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    lam0, lam1 = (jnp.asarray(ct.log_snr(cs, t, jnp), jnp.float32) for t in (t_start, t_end))
+    lam0, lam1 = (ct.log_snr(cs, jnp.asarray(t, jnp.float32)) for t in (t_start, t_end))
 
     def one(z_b, mask_b, cid_b):
       return solve(lambda lam, y: field(params, lam, y, mask_b, cid_b, rng), z_b, lam0, lam1,
