@@ -165,13 +165,13 @@ def test_continuous_view_of_discrete_tables(name):
   # clipped; the linear VP SDE's log ᾱ agrees with Σ log(1 - β) to O(T β²) (half a step, and log(1-β) ≈ -β).
   analytic = ct.analytic_alpha_bar(name, (steps + 1) / 200, 200)
   if name == "linear":
-    np.testing.assert_allclose(np.log(analytic), KNOTS_FOR(sched)[1:], atol=0.03)
+    np.testing.assert_allclose(np.log(analytic), knots_for(sched)[1:], atol=0.03)
   else:
     keep = betas < 0.999
     np.testing.assert_allclose(analytic[keep], np.asarray(sched.alphas_cumprod, np.float64)[keep], rtol=1e-5)
 
 
-def KNOTS_FOR(sched):  # noqa: N802 - a table, named like the module constant
+def knots_for(sched):  # noqa: N802 - a table, named like the module constant
   return np.concatenate([[0.0], np.cumsum(np.log1p(-np.asarray(sched.betas, np.float64)))])
 
 

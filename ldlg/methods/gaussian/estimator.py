@@ -37,7 +37,7 @@ def make_x0_estimator(denoise_fn: DenoiseFn, cs: ct.ContinuousSchedule, *, objec
     time_input: "nearest" or "fractional" (see `continuous.network_time`).
 
   Returns:
-    x0_fn with z: [B, L, D]; t: scalar float time; mask: [B, L] bool; estimate: [B, L, D] (ignored when
+    x0_fn with z: [B, L, D]; t: continuous time, scalar or [B]; mask: [B, L] bool; estimate: [B, L, D] (ignored when
     self_condition is False); has_estimate: scalar bool; class_id: [B] int or None; rng: key. Returns x̂0
     [B, L, D] float32, 0 at padded positions.
   """
