@@ -171,7 +171,8 @@ def test_continuous_view_of_discrete_tables(name):
     np.testing.assert_allclose(analytic[keep], np.asarray(sched.alphas_cumprod, np.float64)[keep], rtol=1e-5)
 
 
-def knots_for(sched):  # noqa: N802 - a table, named like the module constant
+def knots_for(sched):
+  """log ᾱ at the knots k/T of a discrete schedule (float64), entry 0 = 0."""
   return np.concatenate([[0.0], np.cumsum(np.log1p(-np.asarray(sched.betas, np.float64)))])
 
 
