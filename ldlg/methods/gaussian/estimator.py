@@ -37,9 +37,9 @@ def make_x0_estimator(denoise_fn: DenoiseFn, cs: ct.ContinuousSchedule, *, objec
     time_input: "nearest" or "fractional" (see `continuous.network_time`).
 
   Returns:
-    x0_fn with z: [B, L, D]; t: continuous time, scalar or [B]; mask: [B, L] bool; estimate: [B, L, D] (ignored when
-    self_condition is False); has_estimate: scalar bool; class_id: [B] int or None; rng: key. Returns x̂0
-    [B, L, D] float32, 0 at padded positions.
+    x0_fn with z: [B, L, D]; t: continuous time, scalar or [B]; mask: [B, L] bool; estimate: [B, L, D]
+    (ignored when self_condition is False); has_estimate: scalar bool; class_id: [B] int or None; rng: key.
+    Returns x̂0 [B, L, D] float32, 0 at padded positions.
   """
   param_lib.check_objective(objective)
   if time_input not in ct.TIME_INPUTS:

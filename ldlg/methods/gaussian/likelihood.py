@@ -16,7 +16,8 @@ p_1, off by O(ᾱ(1)).
 p(z_{T-1}) = N(0, I), reverse variance β̃_t, and a Gaussian decoder p(x | z_0) = N(x̂0(z_0), σ_dec²) with
 σ_dec² = β_0 by default, DDPM's σ_1² = β_1):
 
-  -log p(x) <= KL(q(z_{T-1}|x) || N(0,I)) + Σ_{t=1}^{T-1} E_q KL(q(z_{t-1}|z_t,x) || p(z_{t-1}|z_t)) - E_q log p(x|z_0)
+  -log p(x) <= KL(q(z_{T-1}|x) || N(0,I)) + Σ_{t=1}^{T-1} E_q KL(q(z_{t-1}|z_t,x) || p(z_{t-1}|z_t))
+               - E_q log p(x|z_0)
 
 where each KL is c1_t² ||x - x̂0(z_t)||² / (2 β̃_t) (equal variances), one noise draw per term.
 
