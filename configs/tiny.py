@@ -48,5 +48,5 @@ def _ld4lg():
   config.train.update(num_steps=20, batch_size=8, log_every=5, ckpt_every=10, sample_every=0,
                       keep_checkpoints=2)
   config.sample.update(num_steps=10, num_samples=8, batch_size=4)
-  config.eval.update(featurizer="minilm", ppl_model="", num_draws=2)
+  config.eval.update(featurizer="minilm", ppl_model="", num_draws=2, likelihood_examples=4, vlb_terms=5)
   return config

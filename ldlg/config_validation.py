@@ -340,7 +340,7 @@ def _sample(c: Checker) -> None:
     c.count("sample.num_steps")
   if _is_gaussian(c):
     from ldlg.methods.gaussian import samplers  # pylint: disable=g-import-not-at-top
-    c.choice("sample.sampler", samplers.SAMPLERS)
+    c.choice("sample.sampler", samplers.ALL_SAMPLERS)
     if c.get("sample.sampler") == "ddpm" and c.has("sample.num_steps") and c.get("sample.num_steps") != T:
       c.add("sample.num_steps", c.get("sample.num_steps"),
             f"config.diffusion.num_timesteps={T} for the ddpm sampler (it visits every step)",

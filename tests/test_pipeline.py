@@ -33,6 +33,10 @@ def test_tiny_pipeline_end_to_end(tmp_path, data_dir, caplog):
     assert len(metrics[key]["values"]) == config.eval.num_draws
   assert metrics["featurizer"] == "all-MiniLM-L6-v2"
   assert 0 < metrics["mauve"]["mean"] <= 1 and 0 <= metrics["memorization"]["mean"] <= 1
+  # The held-out latents' likelihood through the probability-flow ODE and the VLB (nats per dimension).
+  latent_nll = metrics["latent_likelihood"]
+  assert latent_nll["num_examples"] == config.eval.likelihood_examples and latent_nll["ode_mean_nfe"] > 0
+  assert all(abs(latent_nll[k]) < 50 for k in ("ode_nll_per_dim", "vlb_per_dim"))
 
   # Same seed, same texts: sample again from the same checkpoint.
   sampler = TextSampler.from_workdir(config, wd)

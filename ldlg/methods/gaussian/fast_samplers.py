@@ -42,7 +42,7 @@ from ldlg.methods.gaussian.denoise_fn import DenoiseFn
 from ldlg.methods.gaussian.estimator import check_sample_args, make_x0_estimator
 from ldlg.methods.gaussian.schedules import Schedule
 
-CONTINUOUS_SAMPLERS = ("dpm_solver_pp_2m", "sde_euler", "pc", "ode_adaptive")
+from ldlg.methods.gaussian.samplers import CONTINUOUS_SAMPLERS  # noqa: E402  (one list of names)
 DEFAULT_SPACING = {"dpm_solver_pp_2m": "logsnr_uniform", "sde_euler": "time_uniform", "pc": "time_uniform"}
 SampleFn = Callable[..., Any]
 

@@ -57,6 +57,11 @@ class GaussianDiffusion(base.Method):
     from ldlg.methods.gaussian import stages
     return stages.stages()
 
+  @staticmethod
+  def likelihood_metrics(config, workdir, data_dir) -> dict:
+    from ldlg.methods.gaussian import stages
+    return stages.likelihood_metrics(config, workdir, data_dir)
+
   @property
   def num_classes(self) -> int:
     return int(self.config.model.num_classes)

@@ -34,6 +34,9 @@ from ldlg.methods.gaussian.denoise_fn import DenoiseFn
 from ldlg.methods.gaussian.schedules import Schedule
 
 SAMPLERS = ("ddim", "ddpm")
+# Continuous-time samplers (fast_samplers.py), routed by `sampler_from_config` under the same call signature.
+CONTINUOUS_SAMPLERS = ("dpm_solver_pp_2m", "sde_euler", "pc", "ode_adaptive")
+ALL_SAMPLERS = SAMPLERS + CONTINUOUS_SAMPLERS
 SampleFn = Callable[..., Any]
 
 
@@ -233,8 +236,9 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
                         return_trajectory_at: Sequence[int] = ()) -> SampleFn:
   """The one place a run builds its sampler: from `config.sample` and `config.diffusion`.
 
-  Reads sample_cfg.`sampler` ("ddim"/"ddpm"), `num_steps`, `eta`, `guidance_scale`, and `clip_x0` if
-  present (default None); diffusion_cfg.`objective` and `self_condition_prob` (self-conditioning is
+  Reads sample_cfg.`sampler` ("ddim"/"ddpm", or a continuous-time one: "dpm_solver_pp_2m", "sde_euler", "pc",
+  "ode_adaptive", see fast_samplers.py, with optional `spacing`, `corrector_snr`, `corrector_steps`), `num_steps`,
+  `eta`, `guidance_scale`, and `clip_x0` if present (default None); diffusion_cfg.`objective` and `self_condition_prob` (self-conditioning is
   on when it is > 0). "ddpm" always runs all T steps, whatever num_steps says.
 
   Args:
@@ -249,6 +253,18 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
     The sampler of `make_sampler`.
   """
   kind = sample_cfg.sampler
+  if kind in CONTINUOUS_SAMPLERS:
+    if return_trajectory_at:
+      raise ValueError(f"the {kind} sampler does not return a trajectory; use sampler='ddim' for that")
+    from ldlg.methods.gaussian import fast_samplers  # pylint: disable=import-outside-toplevel
+    get = lambda field, default: sample_cfg.get(field, default) if hasattr(sample_cfg, "get") else getattr(
+        sample_cfg, field, default)
+    return fast_samplers.make_continuous_sampler(
+        denoise_fn, schedule, kind=kind, num_steps=int(sample_cfg.num_steps), spacing=get("spacing", None) or None,
+        guidance_scale=float(get("guidance_scale", 1.0)), objective=getattr(diffusion_cfg, "objective", "x0"),
+        self_condition=float(getattr(diffusion_cfg, "self_condition_prob", 0.5)) > 0,
+        clip_x0=get("clip_x0", None), num_classes=int(num_classes), snr=float(get("corrector_snr", 0.16)),
+        num_corrector_steps=int(get("corrector_steps", 1)))
   num_steps = schedule.num_timesteps if kind == "ddpm" else int(sample_cfg.num_steps)
   return make_sampler(
       denoise_fn, schedule, kind=kind, num_steps=num_steps, eta=float(getattr(sample_cfg, "eta", 1.0)),
