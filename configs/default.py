@@ -139,6 +139,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       sample_every=10_000,  # Decode a few samples into the logs (0 = never).
       num_log_samples=4,
+      # A log window whose loss exceeds divergence_factor x its running level warns; divergence_patience such
+      # windows in a row stop the run (0 = warn only). A non-finite loss or update always stops it.
+      divergence_factor=100.0,
+      divergence_patience=5,
   )
 
   config.sample = d(

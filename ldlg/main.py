@@ -37,17 +37,34 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErr
 
 
 class _QuietLibraries(logging.logging.Filter):
-  """Drops INFO chatter of Orbax and TFDS (dozens of lines per checkpoint); their warnings still show."""
+  """Drops INFO chatter of Orbax, TFDS and JAX's backend probing (dozens of lines per checkpoint; "Unable to
+  initialize backend 'tpu'" on every CPU run); their warnings still show."""
 
   def filter(self, record):
-    noisy = ("/orbax/", "/tensorflow_datasets/", "/faiss/")
+    noisy = ("/orbax/", "/tensorflow_datasets/", "/faiss/", "/jax/_src/xla_bridge", "/etils/")
     return record.levelno >= logging.logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
+def _quiet_third_party() -> None:
+  """Library banners that say nothing about this run: transformers' Flax deprecation notice, JAX's backend
+  probes, TFDS's 'Downloading and preparing' for local files."""
+  import warnings
+  warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes are deprecated.*")
+  warnings.filterwarnings("ignore", category=DeprecationWarning)
+  for name in ("jax._src.xla_bridge", "absl.tensorflow_datasets", "tensorflow_datasets"):
+    logging.logging.getLogger(name).setLevel(logging.logging.WARNING)
+  try:
+    import transformers
+    transformers.logging.set_verbosity_error()
+  except ImportError:
+    pass
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _quiet_third_party()
   if _DISTRIBUTED.value or os.environ.get("LDLG_DISTRIBUTED") == "1":
     import jax
     jax.distributed.initialize()

@@ -24,10 +24,10 @@ STAGES = ("tokenizer", "pretrain_autoencoder", "precompute", "train", "sample", 
 MODES = STAGES + ("pipeline",)
 
 
-def stage_done(stage: str, config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
+def stage_done(stage: str, config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
   for s in methods.stages(config):
     if s.name == stage:
-      return s.done(config, workdir)
+      return s.done(config, workdir, data_dir)
   raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
 
 
@@ -62,7 +62,7 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   todo = stages if mode == "pipeline" else [s for s in stages if s.name == mode]
   t0 = time.perf_counter()
   for k, stage in enumerate(todo, 1):
-    if mode == "pipeline" and stage.done(config, wd):
+    if mode == "pipeline" and stage.done(config, wd, data_dir):
       logging.info("Stage %s: already done in %s.", stage.name, wd.root)
       continue
     logging.info("Stage %d of %d: %s (%.0f s elapsed).", k, len(todo), stage.name, time.perf_counter() - t0)

@@ -49,5 +49,27 @@ def test_cpu_variant_links_latent_width_to_the_autoencoder():
 
 
 def test_unknown_variant_is_an_error():
-  with pytest.raises(ValueError, match="unknown variant 'gpu'.*':cpu'"):
+  with pytest.raises(ValueError, match="unknown variant 'gpu'.*'cpu'"):
     importlib.import_module("configs.sst").get_config("gpu")
+
+
+@pytest.mark.parametrize("name", ["e2e", "rocstories", "sst", "ag_news"])
+@pytest.mark.parametrize("variant", ["ar_cpu", "mdlm_cpu"])
+def test_other_method_variants_build_their_model(name, variant):
+  """Every dataset has the AR baseline and masked diffusion as variants; each builds its network at a size
+  comparable with the :cpu denoiser (within 20%), and names its method."""
+  from ldlg import methods
+  from ldlg.methods.gaussian.method import GaussianDiffusion
+  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  ld4lg = importlib.import_module(f"configs.{name}").get_config("cpu")
+  target = count_params(GaussianDiffusion.from_config(ld4lg).init_params(jax.random.PRNGKey(0), abstract=True))
+  vocab = config.tokenizer.vocab_size
+  if variant == "ar_cpu":
+    from ldlg.methods.autoregressive import model as ar_model
+    n = ar_model.gpt2_num_params(config.model.n_layer, config.model.n_embd, vocab, config.model.n_positions)
+  else:
+    from ldlg.methods.masked.method import MaskedDiffusion
+    method = MaskedDiffusion.from_config(config, {"vocab_size": vocab, "mask_id": 4, "pad_id": 1, "bos_id": 0})
+    n = count_params(jax.eval_shape(method.init_params, jax.random.PRNGKey(0)))
+  assert methods.method_name(config) in ("autoregressive", "masked")
+  assert 0.8 * target <= n <= 1.2 * target, (variant, n, target)

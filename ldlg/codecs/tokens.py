@@ -156,7 +156,7 @@ def train_tokenizer_stage(config: ml_collections.ConfigDict, workdir: Workdir, d
                                 min_frequency=config.tokenizer.min_frequency)
 
 
-def tokenizer_done(config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
+def tokenizer_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
   return (tokenizer_dir(config, workdir) / "tokenizer_config.json").exists()
 
 

@@ -89,12 +89,20 @@ class SampleRunner:
     return self._compiled[devices]
 
   def sample(self, params: Any, *, num_samples: int, seed: int, batch_size: int,
-             class_ids: np.ndarray | None = None, max_redraws: int = 5, progress: bool = False) -> list[dict]:
+             class_ids: np.ndarray | None = None, max_redraws: int = 5, progress: bool = False,
+             partial_path: pathlib.Path | None = None, partial_key: str = "") -> list[dict]:
     """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
+
+    With `partial_path`, each finished batch is appended there (one JSON line), and a rerun with the same
+    `partial_key` (what the samples depend on: checkpoint, settings) skips the batches already done — replaying
+    only their cheap host-side draws, so the result equals an uninterrupted run's. A stop signal ends the run
+    after the current batch with `signals.Interrupted`.
 
     Returns:
       Records {"index", "text", "round" (0 = first draw), **the row's fields from make_inputs}, in index order.
     """
+    from ldlg.engine import signals  # pylint: disable=import-outside-toplevel
+    done_batches = _read_partial(partial_path, partial_key) if partial_path else {}
     if num_samples < 1:
       raise ValueError(f"num_samples={num_samples}: sample at least one text (--config.sample.num_samples)")
     if batch_size < 1:
@@ -108,31 +116,52 @@ class SampleRunner:
     todo = list(range(num_samples))
     results: dict[int, dict] = {}
     empties = 0
-    for round_ in range(max_redraws + 1):
-      if not todo:
-        break
-      bar = tqdm.tqdm(total=len(todo), desc=f"sample (round {round_})", disable=not progress,
-                      mininterval=2.0)
-      for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
-        cls = None
-        if class_ids is not None:
-          cls = np.zeros((batch_size,), np.int32)
-          cls[:len(idx)] = class_ids[idx]
-        inputs, fields = self.make_inputs(rng_np, batch_size, cls)
-        batch_key = jax.random.fold_in(jax.random.fold_in(key, round_), start)
-        outputs = p_sample(replicated, batch_key, parallel.shard_batch(inputs, n_dev))
-        outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), jax.device_get(outputs))
-        texts = self.decode(outputs, inputs)
-        for j, i in enumerate(idx):
-          text = texts[j].strip()
-          if not text:
-            empties += 1
-            continue
-          results[i] = {"index": i, "text": text, **fields[j], "round": round_}
-        bar.update(len(idx))
-      bar.close()
-      todo = [i for i in todo if i not in results]
+    partial = open(partial_path, "a", encoding="utf-8") if partial_path else None
+    try:
+      with signals.StopSignal() as stop:
+        for round_ in range(max_redraws + 1):
+          if not todo:
+            break
+          bar = progress_bar(total=len(todo), desc=f"sample (round {round_})", disable=not progress)
+          for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
+            cls = None
+            if class_ids is not None:
+              cls = np.zeros((batch_size,), np.int32)
+              cls[:len(idx)] = class_ids[idx]
+            inputs, fields = self.make_inputs(rng_np, batch_size, cls)  # Always: it advances the host draws.
+            if (round_, start) in done_batches:
+              batch_records, batch_empties = done_batches[(round_, start)]
+            else:
+              batch_key = jax.random.fold_in(jax.random.fold_in(key, round_), start)
+              outputs = p_sample(replicated, batch_key, parallel.shard_batch(inputs, n_dev))
+              outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]),
+                                     jax.device_get(outputs))
+              texts = self.decode(outputs, inputs)
+              batch_records, batch_empties = [], 0
+              for j, i in enumerate(idx):
+                text = texts[j].strip()
+                if text:
+                  batch_records.append({"index": i, "text": text, **fields[j], "round": round_})
+                else:
+                  batch_empties += 1
+              if partial:
+                partial.write(json.dumps({"key": partial_key, "round": round_, "start": start,
+                                          "records": batch_records, "empties": batch_empties},
+                                         ensure_ascii=False) + "\n")
+                partial.flush()
+            empties += batch_empties
+            for record in batch_records:
+              results[record["index"]] = record
+            bar.update(len(idx))
+            if stop.received:
+              raise signals.Interrupted(f"sampling was interrupted after {len(results)} of {num_samples} samples "
+                                        "(progress saved)")
+          bar.close()
+          todo = [i for i in todo if i not in results]
+    finally:
+      if partial:
+        partial.close()
     if todo:
       logging.warning("%d of %d samples were still empty after %d re-draws; they are written as empty text.",
                       len(todo), num_samples, max_redraws)
@@ -142,6 +171,30 @@ class SampleRunner:
       logging.info("%d empty decodes were re-drawn.", empties)
     self.last_empty_count = empties
     return [results[i] for i in range(num_samples)]
+
+
+def progress_bar(**kwargs):
+  """A tqdm bar that refreshes often on a terminal and once a minute into a redirected log (no spam)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  interactive = sys.stderr.isatty()
+  return tqdm.tqdm(mininterval=1.0 if interactive else 60.0, dynamic_ncols=interactive, **kwargs)
+
+
+def _read_partial(path: pathlib.Path, key: str) -> dict:
+  """{(round, start): (records, empties)} of the batches a previous run with the same key finished."""
+  done = {}
+  if not path.exists():
+    return done
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      entry = json.loads(line)
+    except ValueError:  # A torn last line from a crash mid-write.
+      continue
+    if entry.get("key") == key:
+      done[(entry["round"], entry["start"])] = (entry["records"], entry["empties"])
+  if done:
+    logging.info("Resuming sampling: %d batches already done in %s.", len(done), path)
+  return done
 
 
 def write_samples(records: Sequence[dict], path: pathlib.Path, settings: dict) -> None:

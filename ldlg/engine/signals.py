@@ -43,3 +43,28 @@ class StopSignal:
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
+
+
+class RaiseOnSignal:
+  """Context manager for stages whose on-disk units are written atomically (latent shards, metrics.json): a
+  stop signal raises `Interrupted` at once; the units already written are kept and skipped on the rerun."""
+
+  def __init__(self, what: str):
+    self.what = what
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM,):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    raise Interrupted(f"{self.what} was interrupted by {signal.Signals(signum).name}")
+
+  def __exit__(self, *exc):
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)

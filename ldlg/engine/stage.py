@@ -9,12 +9,13 @@ import ml_collections
 from ldlg.engine.workdir import Workdir
 
 StageFn = Callable[[ml_collections.ConfigDict, Workdir, object], object]
-DoneFn = Callable[[ml_collections.ConfigDict, Workdir], bool]
+DoneFn = Callable[[ml_collections.ConfigDict, Workdir, object], bool]
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """name: the --mode; run(config, workdir, data_dir); done(config, workdir); single_host: in a multi-host job,
+  """name: the --mode; run(config, workdir, data_dir); done(config, workdir, data_dir): its output exists and
+  is current (made from the inputs there are now); single_host: in a multi-host job,
   process 0 runs it while the others wait (training runs on every host: pmap, sharded data)."""
   name: str
   run: StageFn

@@ -6,11 +6,18 @@ import json
 from absl import logging
 
 from ldlg.data.splits import load_texts
+from ldlg.engine import provenance
+from ldlg.engine import signals
 from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
 
 
 def evaluate(config, workdir: Workdir, data_dir) -> dict:
+  with signals.RaiseOnSignal("evaluation"):  # metrics.json is written at the end, atomically.
+    return _evaluate(config, workdir, data_dir)
+
+
+def _evaluate(config, workdir: Workdir, data_dir) -> dict:
   from ldlg.evaluation import classifier as classifier_lib
   from ldlg.evaluation import evaluate as evaluate_lib
   from ldlg.evaluation import featurizers
@@ -35,13 +42,14 @@ def evaluate(config, workdir: Workdir, data_dir) -> dict:
       seed=config.sample.seed)
   from ldlg import methods
   metrics.update(methods.get(config).likelihood_metrics(config, workdir, data_dir))
+  metrics["provenance"] = provenance.metrics_provenance(config, workdir.samples_file)
   evaluate_lib.save_metrics(metrics, workdir.metrics_json)
   logging.info("Metrics (%s): %s", workdir.metrics_json, json.dumps(metrics))
   return metrics
 
 
-def evaluate_done(config, workdir: Workdir) -> bool:
-  return workdir.metrics_json.exists()
+def evaluate_done(config, workdir: Workdir, data_dir=None) -> bool:
+  return provenance.metrics_current(config, workdir.metrics_json, workdir.samples_file)
 
 
 EVALUATE = Stage("evaluate", evaluate, evaluate_done)

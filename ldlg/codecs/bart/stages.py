@@ -30,7 +30,7 @@ def pretrain_autoencoder(config, workdir: Workdir, data_dir) -> None:
   logging.info("Autoencoder: %s", json.dumps({k: v for k, v in result.items() if k != "out_dir"}))
 
 
-def pretrain_done(config, workdir: Workdir) -> bool:
+def pretrain_done(config, workdir: Workdir, data_dir=None) -> bool:
   return not config.autoencoder.pretrain or (workdir.autoencoder_dir / "reconstruction.json").exists()
 
 
@@ -39,6 +39,12 @@ def precompute(config, workdir: Workdir, data_dir) -> None:
   from ldlg.data import precompute as precompute_lib
   autoencoder = bart_codec.load_autoencoder(config, workdir)
   spec, _ = datasets.get_spec(config.data.name)
+  with signals.RaiseOnSignal("the latent precompute"):  # Shards are written atomically; done ones are kept.
+    _precompute_splits(config, workdir, data_dir, autoencoder, spec)
+
+
+def _precompute_splits(config, workdir, data_dir, autoencoder, spec) -> None:
+  from ldlg.data import precompute as precompute_lib
   for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
     records = load_texts(config, data_dir, workdir, split)
     manifest = precompute_lib.precompute_latents(
@@ -50,10 +56,26 @@ def precompute(config, workdir: Workdir, data_dir) -> None:
                  manifest["text_stats"])
 
 
-def precompute_done(config, workdir: Workdir) -> bool:
+def precompute_done(config, workdir: Workdir, data_dir=None) -> bool:
+  """Complete latents for both splits, made from the raw files there are now (when they can be read)."""
+  fingerprint = None
+  if data_dir is not None:
+    from ldlg.data import datasets
+    try:
+      fingerprint = datasets.raw_data_fingerprint(config.data.name, data_dir)
+    except Exception:  # pylint: disable=broad-except  (no raw data here: judge by the manifest alone)
+      fingerprint = None
   for split in (config.data.train_split, config.data.eval_split):
     manifest = workdir.latents_dir(split) / "manifest.json"
-    if not manifest.exists() or not json.loads(manifest.read_text()).get("complete"):
+    if not manifest.exists():
+      return False
+    m = json.loads(manifest.read_text())
+    if not m.get("complete"):
+      return False
+    made_from = (m.get("provenance") or {}).get("fingerprint")
+    if fingerprint and made_from and made_from != fingerprint:
+      logging.warning("The raw %s data changed since the latents in %s were computed: recomputing them.",
+                      config.data.name, manifest.parent)
       return False
   return True
 

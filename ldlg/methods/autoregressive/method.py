@@ -15,6 +15,7 @@ n_positions, dropout), optim, train (+ max_seconds, eval_batch_size), sample (+ 
 """
 
 import dataclasses
+import json
 from typing import Any
 
 from absl import logging
@@ -23,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from ldlg.codecs import tokens
+from ldlg.engine import provenance
 from ldlg.engine import sample_runner
 from ldlg.engine import signals
 from ldlg.engine.stage import Stage
@@ -92,7 +94,7 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> dict
   return result
 
 
-def train_done(config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
+def train_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
   return (model_dir(workdir) / "ar_result.json").exists()
 
 
@@ -114,16 +116,20 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -
 
   runner = sample_runner.SampleRunner(device_fn, make_inputs,
                                       lambda ids, inputs: tokens.decode_ids(ids, tokenizer, eos))
+  origin = provenance.sample_provenance(config, provenance.latest_step(model_dir(workdir) / "checkpoints"))
+  partial = workdir.root / "samples.partial.jsonl"
   records = runner.sample(params, num_samples=sc.num_samples, seed=sc.seed, batch_size=sc.batch_size,
                           class_ids=sample_runner.resolve_class_ids(0, sc.num_samples, None),
-                          max_redraws=sc.max_redraws, progress=True)
-  settings = {"seed": sc.seed, "sampler": "ancestral" if sc.top_p >= 1 else f"nucleus(top_p={sc.top_p})",
-              "temperature": sc.temperature}
+                          max_redraws=sc.max_redraws, progress=True, partial_path=partial,
+                          partial_key=json.dumps(origin, sort_keys=True))
+  settings = {"sampler": "ancestral" if sc.top_p >= 1 else f"nucleus(top_p={sc.top_p})",
+              "temperature": sc.temperature, **origin}
   sample_runner.write_samples(records, workdir.samples_file, settings)
+  partial.unlink(missing_ok=True)
   logging.info("Wrote %d samples to %s (%d empty generations re-drawn).", len(records), workdir.samples_file,
                runner.last_empty_count)
   return records
 
 
-def sample_done(config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
-  return workdir.samples_file.exists()
+def sample_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
+  return provenance.samples_current(config, workdir.samples_file, model_dir(workdir) / "checkpoints")

@@ -5,13 +5,16 @@ train   latents (BART codec's store) -> `<workdir>/checkpoints/` (state, EMA, da
 sample  checkpoint + codec -> `<workdir>/samples.jsonl`
 """
 
-import jax
+import json
+
 from absl import logging
+import jax
 import ml_collections
 
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import stages as bart_stages
 from ldlg.engine import checkpoints
+from ldlg.engine import provenance
 from ldlg.engine import sample_runner
 from ldlg.engine import signals
 from ldlg.engine import trainer
@@ -93,7 +96,7 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) ->
   return result
 
 
-def train_done(config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
+def train_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
   if not workdir.checkpoint_dir.exists():
     return False
   ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
@@ -109,14 +112,18 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -
   del data_dir
   from ldlg.methods.gaussian.text_sampler import TextSampler
   sampler = TextSampler.from_workdir(config, workdir, step=config.sample.checkpoint_step)
-  params = sampler.load_params(config.sample.checkpoint_step)
+  step = sampler.checkpoint_step
+  params = sampler.load_params(step)
   class_id = None if config.sample.class_id < 0 else config.sample.class_id
+  origin = provenance.sample_provenance(config, step)
+  partial = workdir.root / "samples.partial.jsonl"
   records = sampler.sample(params, num_samples=config.sample.num_samples, seed=config.sample.seed,
-                           class_id=class_id, progress=True)
-  settings = {"seed": config.sample.seed, "sampler": config.sample.sampler,
-              "num_steps": config.sample.num_steps, "eta": config.sample.eta,
-              "guidance_scale": config.sample.guidance_scale, "num_beams": config.autoencoder.num_beams}
+                           class_id=class_id, progress=True, partial_path=partial,
+                           partial_key=json.dumps(origin, sort_keys=True))
+  settings = {"sampler": config.sample.sampler, "num_steps": config.sample.num_steps, "eta": config.sample.eta,
+              "guidance_scale": config.sample.guidance_scale, "num_beams": config.autoencoder.num_beams, **origin}
   sample_runner.write_samples(records, workdir.samples_file, settings)
+  partial.unlink(missing_ok=True)
   logging.info("Wrote %d samples to %s (%d empty decodes re-drawn).", len(records), workdir.samples_file,
                sampler.last_empty_count)
   return records
@@ -167,8 +174,8 @@ def likelihood_metrics(config: ml_collections.ConfigDict, workdir: Workdir, data
   return {"latent_likelihood": result}
 
 
-def sample_done(config: ml_collections.ConfigDict, workdir: Workdir) -> bool:
-  return workdir.samples_file.exists()
+def sample_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
+  return provenance.samples_current(config, workdir.samples_file, workdir.checkpoint_dir)
 
 
 def stages() -> tuple[Stage, ...]:

@@ -87,7 +87,12 @@ class TextSampler:
   @classmethod
   def from_workdir(cls, config: ml_collections.ConfigDict, workdir: Workdir, *, step: int = -1) -> "TextSampler":
     """From the checkpoint (latest when step < 0) and the codec alone: no latent store needed."""
-    return cls.from_meta(config, workdir, read_sampling_meta(workdir, step))
+    meta = read_sampling_meta(workdir, step)
+    sampler = cls.from_meta(config, workdir, meta)
+    sampler.checkpoint_step = int(meta["data_position"])
+    return sampler
+
+  checkpoint_step: int | None = None  # The step of the checkpoint the meta came from (from_workdir).
 
   def __post_init__(self):
     sample_fn = self.method.make_sampler(self.config.sample)
@@ -129,13 +134,14 @@ class TextSampler:
     return saved["ema_params"]
 
   def sample(self, params, *, num_samples: int, seed: int, class_id: int | None = None,
-             batch_size: int | None = None, progress: bool = False) -> list[dict]:
+             batch_size: int | None = None, progress: bool = False, **resume) -> list[dict]:
     """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
 
     Same params, seed and settings give the same texts. Returns records with index, text, length, class_id
-    (class-conditional models) and round (0 = first draw).
+    (class-conditional models) and round (0 = first draw). `resume`: partial_path and partial_key of
+    `SampleRunner.sample` (progress kept across interruptions).
     """
     class_ids = sample_runner.resolve_class_ids(self.method.num_classes, num_samples, class_id)
     return self._runner.sample(params, num_samples=num_samples, seed=seed,
                                batch_size=batch_size or self.config.sample.batch_size, class_ids=class_ids,
-                               max_redraws=self.config.sample.max_redraws, progress=progress)
+                               max_redraws=self.config.sample.max_redraws, progress=progress, **resume)

@@ -23,6 +23,7 @@ import numpy as np
 from ldlg.codecs import tokens
 from ldlg.data.splits import load_texts
 from ldlg.engine import checkpoints
+from ldlg.engine import provenance
 from ldlg.engine import sample_runner
 from ldlg.engine import signals
 from ldlg.engine import train_state as train_state_lib
@@ -89,7 +90,7 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> trai
   return result
 
 
-def train_done(config, workdir: Workdir) -> bool:
+def train_done(config, workdir: Workdir, data_dir=None) -> bool:
   if not workdir.checkpoint_dir.exists():
     return False
   ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
@@ -141,14 +142,18 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -
   runner = sample_runner.SampleRunner(device_fn, make_inputs, decode)
   class_ids = sample_runner.resolve_class_ids(method.num_classes, sc.num_samples,
                                               None if sc.class_id < 0 else sc.class_id)
+  origin = provenance.sample_provenance(config, meta.get("data_position"))
+  partial = workdir.root / "samples.partial.jsonl"
   records = runner.sample(params, num_samples=sc.num_samples, seed=sc.seed, batch_size=sc.batch_size,
-                          class_ids=class_ids, max_redraws=sc.max_redraws, progress=True)
-  settings = {"seed": sc.seed, "sampler": "masked_cached" if sc.get("cache", True) else "masked_ancestral",
+                          class_ids=class_ids, max_redraws=sc.max_redraws, progress=True, partial_path=partial,
+                          partial_key=json.dumps(origin, sort_keys=True))
+  settings = {"sampler": "masked_cached" if sc.get("cache", True) else "masked_ancestral",
               "num_steps": sc.num_steps, "top_p": sc.top_p, "guidance_scale": sc.guidance_scale,
-              "mean_network_calls": float(np.mean(calls)), "checkpoint_step": meta.get("data_position")}
+              "mean_network_calls": float(np.mean(calls)) if calls else None, **origin}
   sample_runner.write_samples(records, workdir.samples_file, settings)
-  logging.info("Wrote %d samples to %s (%.1f network calls per batch for %d steps).", len(records),
-               workdir.samples_file, np.mean(calls), sc.num_steps)
+  partial.unlink(missing_ok=True)
+  logging.info("Wrote %d samples to %s (%s network calls per batch for %d steps).", len(records),
+               workdir.samples_file, settings["mean_network_calls"], sc.num_steps)
   return records
 
 
@@ -174,7 +179,11 @@ def likelihood_metrics(config, workdir: Workdir, data_dir) -> dict:
   return {"likelihood": {"split": config.data.eval_split, **result}}
 
 
+def sample_done(config, workdir: Workdir, data_dir=None) -> bool:
+  return provenance.samples_current(config, workdir.samples_file, workdir.checkpoint_dir)
+
+
 def stages():
   from ldlg.evaluation.stage import EVALUATE
   return (tokens.TOKENIZER, Stage("train", train, train_done, single_host=False),
-          Stage("sample", sample, lambda c, w: w.samples_file.exists()), EVALUATE)
+          Stage("sample", sample, sample_done), EVALUATE)
