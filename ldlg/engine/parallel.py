@@ -51,9 +51,14 @@ def replicate(tree, devices=None):
 
 
 def unreplicate(tree):
-  """The first device's copy. (flax.jax_utils.unreplicate returns a 1-device tree unchanged, with the
-  device axis still on, so it is not used here.)"""
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first local device's copy. (flax.jax_utils.unreplicate returns a 1-device tree unchanged, with the
+  device axis still on, so it is not used here.) In a multi-process job a pmapped array spans devices of other
+  processes too; this process's own first copy is taken."""
+  def first(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x.addressable_data(0)
+    return x[0]
+  return jax.tree.map(first, tree)
 
 
 def global_norm(tree) -> jax.Array:

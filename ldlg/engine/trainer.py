@@ -274,7 +274,9 @@ def train(job: TrainJob, run: TrainRun) -> TrainResult:
 
 
 def _loop(job, run, state, ckpt, devices, start_step, seconds_before) -> TrainResult:
-  p_step = make_p_train_step(job, devices)
+  # Without explicit devices pmap spans every device of every process (a multi-host job's collectives reach
+  # all hosts); naming the local devices would confine the gradient mean to this process.
+  p_step = make_p_train_step(job, list(run.devices) if run.devices else None)
   schedule = train_state_lib.learning_rate_schedule(job.optim, run.num_steps)
   writer = metric_writer.MetricWriter(run.metrics_file, run.tensorboard_dir) if run.is_primary else None
   batches = None

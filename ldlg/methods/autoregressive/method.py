@@ -63,7 +63,7 @@ class Autoregressive(base.Method):
   @staticmethod
   def stages():
     from ldlg.evaluation.stage import EVALUATE
-    return (tokens.TOKENIZER, Stage("train", train, train_done, single_host=False), Stage("sample", sample, sample_done),
+    return (tokens.TOKENIZER, Stage("train", train, train_done), Stage("sample", sample, sample_done),
             EVALUATE)
 
 

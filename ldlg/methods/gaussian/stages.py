@@ -27,6 +27,7 @@ def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=No
   """(TrainJob, TrainRun, store) of a run: the method, its latent batches and the checkpoint meta."""
   store = bart_codec.open_latent_store(config, workdir, config.data.train_split)
   bart_codec.check_latents_match_model(config, store)
+  explicit_devices = devices
   devices = list(devices or jax.local_devices())
   num_global = len(devices) * jax.process_count()
   if config.train.batch_size % num_global:
@@ -60,7 +61,7 @@ def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=No
       ckpt_every=config.train.ckpt_every, keep_checkpoints=config.train.keep_checkpoints, meta=meta,
       check_meta=check_meta, divergence_factor=config.train.get("divergence_factor", 100.0),
       divergence_patience=config.train.get("divergence_patience", 0), hooks=hooks, desc="train",
-      devices=devices, is_primary=is_primary)
+      devices=explicit_devices, is_primary=is_primary)
   return job, run, store
 
 

@@ -184,6 +184,7 @@ def sample_done(config, workdir: Workdir, data_dir=None) -> bool:
 
 
 def stages():
+  # Training runs on one host: its token batches are not yet sliced per process (the Gaussian method's are).
   from ldlg.evaluation.stage import EVALUATE
-  return (tokens.TOKENIZER, Stage("train", train, train_done, single_host=False),
+  return (tokens.TOKENIZER, Stage("train", train, train_done),
           Stage("sample", sample, sample_done), EVALUATE)
