@@ -24,7 +24,7 @@ from ldlg.networks.denoiser import noise_level_table
 from ldlg.networks.embeddings import ScaledRelativePositionBias
 
 LATENT, DIM, B, L = 16, 32, 4, 10
-TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=4, num_heads=2, max_len=12, num_classes=3)
+TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=2, num_heads=2, max_len=12, num_classes=3)
 NEW_DEFAULTS = dict(time_input="t", noise_schedule="linear", beta_start=1e-4, beta_end=0.02, latent_scale=1.0,
                     self_cond_mode="cross_attention", unet_skips=False, unet_skip_count=0, init_scales="default",
                     head_dim=0, gelu_approximate=True)
@@ -66,11 +66,12 @@ def _shapes(params):
   return {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
 
 
+@pytest.mark.slow
 def test_new_fields_at_their_defaults_change_nothing():
   """Parameters (init) and outputs (dropout on) are bit-identical with the new fields given at their defaults."""
   z_t, t, mask, self_cond = _inputs()
   cid, has = jnp.array([0, 1, 2, 3]), jnp.array([True, False, True, False])
-  for kw in (TINY, dict(TINY, num_classes=0, dropout=0.1)):
+  for kw in (dict(TINY, dropout=0.1),):
     old, new = Denoiser(**kw), Denoiser(**kw, **NEW_DEFAULTS)
     p_old = _init(old, jax.random.key(0), z_t, t, mask, self_cond)
     p_new = _init(new, jax.random.key(0), z_t, t, mask, self_cond)
@@ -82,6 +83,7 @@ def test_new_fields_at_their_defaults_change_nothing():
       np.testing.assert_array_equal(run(old), run(new))
 
 
+@pytest.mark.slow
 def test_all_options_shapes():
   model, params = _build(**ALL_ON)
   shapes = _shapes(params)
@@ -93,8 +95,7 @@ def test_all_options_shapes():
   assert shapes["['block_0']['self_attn']['query']['kernel']"] == (DIM, DIM // 8, 8)
   assert shapes["['input_proj']['kernel']"] == (2 * LATENT, DIM)                   # [z_t ; estimate]
   assert shapes["['null_self_cond']"] == (LATENT,) and "['self_cond_proj']['kernel']" not in shapes
-  assert {k for k in shapes if k.startswith("['skip_proj")} == {
-      "['skip_proj_0']['kernel']", "['skip_proj_0']['bias']", "['skip_proj_1']['kernel']", "['skip_proj_1']['bias']"}
+  assert {k for k in shapes if k.startswith("['skip_proj")} == {"['skip_proj_0']['kernel']", "['skip_proj_0']['bias']"}
   assert shapes["['skip_proj_0']['kernel']"] == (2 * DIM, DIM)
 
 
@@ -144,6 +145,7 @@ def test_concat_self_cond_switch_and_padding():
                              np.asarray(with_sc)[valid], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unet_skip_with_identity_projection_equals_no_skip():
   """A skip projection [I; 0] passes the block input through unchanged: the model is then the skip-free one."""
   model, params = _build(unet_skips=True, unet_skip_count=1)
@@ -154,11 +156,12 @@ def test_unet_skip_with_identity_projection_equals_no_skip():
   no_skip = {k: v for k, v in identity.items() if k != "skip_proj_0"}
   np.testing.assert_allclose(_apply(model, identity, z_t, t, mask, self_cond),
                              _apply(plain, no_skip, z_t, t, mask, self_cond), atol=1e-5)
-  # With its own weights, block 0's output reaches block 3: the output differs.
+  # With its own weights, block 0's output reaches block 1 twice: the output differs.
   assert np.abs(np.asarray(_apply(model, params, z_t, t, mask, self_cond)
                            - _apply(plain, no_skip, z_t, t, mask, self_cond))).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_official_init_scales():
   """Initial statistics N(0,1), and the forward scales: official(P) = default(P with the scales folded in)."""
   model = Denoiser(**TINY, init_scales="official_v1", head_dim=8)
@@ -192,7 +195,7 @@ def test_exact_gelu_changes_the_time_path_only_by_the_gelu():
 @pytest.mark.parametrize("kw, message", [
     (dict(time_input="sigma"), "time_input"), (dict(self_cond_mode="add"), "self_cond_mode"),
     (dict(init_scales="torch"), "init_scales"), (dict(head_dim=12), "head_dim"),
-    (dict(unet_skips=True, unet_skip_count=3), "unet_skip_count")])
+    (dict(unet_skips=True, unet_skip_count=2), "unet_skip_count")])
 def test_bad_options_raise(kw, message):
   z_t, t, mask, _ = _inputs()
   with pytest.raises(ValueError, match=message):
@@ -227,7 +230,7 @@ def _job(model, b=8, l=6):
 @pytest.mark.slow
 def test_all_options_two_device_step_equals_one_device_step():
   assert jax.local_device_count() >= 2, "conftest.py should force 2 host CPU devices"
-  model = Denoiser(**{**TINY, "num_layers": 2}, **ALL_ON, dropout=0.0)
+  model = Denoiser(**TINY, **ALL_ON, dropout=0.0)
   job, host_batch = _job(model)
   params = job.init_params(job.init_rng)
   tx = train_state_lib.make_optimizer(job.optim, 10)
@@ -252,7 +255,7 @@ def test_all_options_two_device_step_equals_one_device_step():
 @pytest.mark.slow
 def test_all_options_resume_is_exact(tmp_path):
   """stop_at=2 then resume to 4 steps gives the parameters of 4 uninterrupted steps, bit for bit."""
-  model = Denoiser(**{**TINY, "num_layers": 2}, **ALL_ON, dropout=0.1)
+  model = Denoiser(**TINY, **ALL_ON, dropout=0.1)
   job, _ = _job(model)
   devices = jax.local_devices()[:1]
   run = lambda d, stop=None: trainer.train(job, trainer.TrainRun(directory=d, num_steps=4, log_every=1, ckpt_every=2,
