@@ -213,20 +213,26 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A trained run's workdir.")
-flags.DEFINE_integer("num_examples", 128, "Validation sentences to use.")
-flags.DEFINE_integer("num_timesteps", 10, "Points of the timestep grid.")
-flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
-flags.DEFINE_integer("seed", 0, "Noise seed.")
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program: importing this module (tests, Colab, ldlg.benchmarks.quality, which
+  # has its own --workdir) then never collides on flag names.
+  flags.DEFINE_string("workdir", None, "A trained run's workdir.")
+  flags.DEFINE_integer("num_examples", 128, "Validation sentences to use.")
+  flags.DEFINE_integer("num_timesteps", 10, "Points of the timestep grid.")
+  flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
+  flags.DEFINE_integer("seed", 0, "Noise seed.")
+  flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
   result = run_diagnostics(FLAGS.workdir, num_examples=FLAGS.num_examples, num_timesteps=FLAGS.num_timesteps,
                            out_dir=FLAGS.out, seed=FLAGS.seed)
-  print(json.dumps({k: v for k, v in result.items()}, indent=2))
+  print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
+  _define_flags()
   app.run(main)
