@@ -246,15 +246,86 @@ def make_masked_cpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return config
 
 
-VARIANTS = {"cpu": make_cpu_sized, "ar_cpu": make_autoregressive_cpu, "mdlm_cpu": make_masked_cpu}
+def _link_schedule_to_model(config: ml_collections.ConfigDict) -> None:
+  """The denoiser reads the schedule for its ᾱ / log-SNR time input: linked, so they cannot disagree."""
+  for model_field, diffusion_field in (("noise_schedule", "schedule"), ("beta_start", "beta_start"),
+                                       ("beta_end", "beta_end"), ("latent_scale", "latent_scale")):
+    config.model[model_field] = config.diffusion.get_ref(diffusion_field)
+
+
+def make_official_v1(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What the official first-version code (github justinlovelace/latent-diffusion-for-language, v1 scripts)
+  does where the paper's text leaves a choice, on top of any sizing (paper or `make_cpu_sized`).
+
+  Sizes, learning rate, batch and steps are left as they are; the recipe's own choices:
+  - network: exact (erf) GELU, head width 64, dropout 0.1, x-transformers' initial scales (T5 bias table
+    N(0,1)·sqrt(64), position table N(0,1)·dim^-1/2, null self-conditioning vector and class table N(0,1));
+  - loss: L1 on x0 (`--loss_type l1 --objective pred_x0`, linear β);
+  - self-conditioning: one coin per batch (`random.random() < 0.5`), not per example
+    (`diffusion.self_condition_mode = "per_batch"`, read by the loss once it supports it);
+  - AdamW with no weight decay on biases and LayerNorm scales (`optim.decay_mask = "matrices"`), decay 0.01;
+  - EMA with ema_pytorch's warm-up `1 - (1 + t)^(-3/4)` (`train.ema_power = 0.75`, read by the trainer once
+    it supports it; until then the engine's (1 + t)/(10 + t) warm-up applies);
+  - DDIM η = 1, 250 steps; decoding at most 64 tokens (max_seq_len 64 there).
+  Use: `--config=configs/sst.py:cpu_official_v1` (or `:official_v1` at paper size).
+  """
+  config.model.update(dropout=0.1, gelu_approximate=False, init_scales="official_v1", head_dim=64)
+  if config.model.dim % 64:
+    raise ValueError(f"the official_v1 recipe fixes the head width at 64; config.model.dim={config.model.dim} is "
+                     "not a multiple of 64")
+  config.diffusion.update(schedule="linear", objective="x0", loss_type="l1")
+  config.diffusion.self_condition_mode = "per_batch"
+  config.optim.update(weight_decay=0.01, b1=0.9, b2=0.999)
+  config.optim.decay_mask = "matrices"
+  config.train.ema_power = 0.75
+  config.sample.update(sampler="ddim", eta=1.0)
+  config.autoencoder.max_decode_length = 64
+  return config
+
+
+def make_later_version(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper's later version / the official code at HEAD (`scripts/diffusion/bart_latent_v-pred.sh`), on the
+  same frozen BART latents, on top of any sizing.
+
+  - diffusion: cosine schedule, v-prediction, L2, a latent scale factor (`diffusion.latent_scale`, 1 = none as
+    HEAD's default; < 1 shifts the log-SNR down by 2 log(1/scale), i.e. more noise);
+  - network: conditioned on ᾱ_t (`time_input="alpha_bar"`), the self-conditioning estimate concatenated to
+    the input (`self_cond_mode="concat"`), U-Net-like long skips (3 as HEAD's scripts, at most
+    num_layers // 2), head width 64, exact GELU, dropout 0.1;
+  - EMA 0.9999 (already the default).
+  Differences that remain: HEAD's continuous-time cosine schedule (log-SNR clamped to ±15) is the discrete
+  Nichol–Dhariwal cosine here, and its learned compression network (ldlg/codecs/compression) is not yet a
+  pipeline stage, so this variant diffuses the [L, d] BART latents rather than 32 × 64 compressed ones.
+  Use: `--config=configs/sst.py:cpu_later` (or `:later` at paper size).
+  """
+  config.diffusion.update(schedule="cosine", objective="v", loss_type="l2")
+  config.diffusion.latent_scale = 1.0
+  _link_schedule_to_model(config)
+  heads = max(config.model.dim // 64, 1)
+  config.model.update(time_input="alpha_bar", self_cond_mode="concat", unet_skips=True,
+                      unet_skip_count=min(3, config.model.num_layers // 2), head_dim=config.model.dim // heads,
+                      gelu_approximate=False, dropout=0.1)
+  return config
+
+
+VARIANTS = {
+    "cpu": make_cpu_sized,
+    "ar_cpu": make_autoregressive_cpu,
+    "mdlm_cpu": make_masked_cpu,
+    "official_v1": make_official_v1,
+    "cpu_official_v1": lambda config: make_official_v1(make_cpu_sized(config)),
+    "later": make_later_version,
+    "cpu_later": lambda config: make_later_version(make_cpu_sized(config)),
+}
 
 
 def apply_variant(config: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:
   """The dataset configs' variants: none (paper), `cpu` (offline LD4LG), `ar_cpu` (offline GPT-2 baseline),
-  `mdlm_cpu` (offline masked diffusion)."""
+  `mdlm_cpu` (offline masked diffusion), `official_v1` / `later` (the official code's first-version recipe / the
+  paper's later version, paper size), and `cpu_official_v1` / `cpu_later` (the same on the `cpu` sizing)."""
   if arg in VARIANTS:
     return VARIANTS[arg](config)
   if arg:
     raise ValueError(f"unknown variant {arg!r} for configs/{name}.py; use no variant (paper) or one of "
-                     f"{sorted(VARIANTS)}")
+                     + ", ".join(f"':{v}'" for v in VARIANTS))
   return config

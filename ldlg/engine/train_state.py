@@ -27,12 +27,13 @@ class TrainState(flax.struct.PyTreeNode):
     return cls(step=jnp.zeros((), jnp.int32), params=params,
                ema_params=jax.tree.map(jnp.copy, params) if ema else None, opt_state=tx.init(params), tx=tx)
 
-  def apply_gradients(self, grads, *, ema_decay: float | None, ema_warmup: bool) -> "TrainState":
+  def apply_gradients(self, grads, *, ema_decay: float | None, ema_warmup: bool,
+                      ema_power: float = 0.0) -> "TrainState":
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     params = optax.apply_updates(self.params, updates)
     ema_params = self.ema_params
     if ema_decay is not None:
-      decay = ema_decay_at(self.step, ema_decay, ema_warmup)
+      decay = ema_decay_at(self.step, ema_decay, ema_warmup, ema_power)
       ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, self.ema_params, params)
     return self.replace(step=self.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
 
@@ -46,11 +47,14 @@ class TrainState(flax.struct.PyTreeNode):
                         opt_state=saved["opt_state"])
 
 
-def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
-  """EMA decay at a step. With warmup, min(decay, (1 + t) / (10 + t)) so early averages are not stuck at init."""
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool, power: float = 0.0) -> jax.Array:
+  """EMA decay at a step. With warmup, min(decay, (1 + t) / (10 + t)) so early averages are not stuck at init;
+  with power > 0 instead ema_pytorch's min(decay, 1 - (1 + t)^-power) (the official LD4LG code: power 3/4)."""
   if not warmup:
     return jnp.asarray(decay, jnp.float32)
   step = step.astype(jnp.float32)
+  if power > 0:
+    return jnp.minimum(decay, 1.0 - (1.0 + step) ** -power)
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 

@@ -56,7 +56,7 @@ class TrainJob:
     init_rng: key of the initial parameters.
     rng: base key of the steps (step s uses fold_in(rng, s)).
     ema_decay: EMA decay of the parameters, or None to keep no EMA copy.
-    ema_warmup: min(decay, (1 + t) / (10 + t)) early on.
+    ema_warmup: min(decay, (1 + t) / (10 + t)) early on (or 1 - (1 + t)^-ema_power with ema_power > 0).
   """
   init_params: Callable[[jax.Array], Any]
   loss_fn: Callable[..., Any]
@@ -66,6 +66,7 @@ class TrainJob:
   rng: jax.Array
   ema_decay: float | None = None
   ema_warmup: bool = True
+  ema_power: float = 0.0
 
 
 @dataclasses.dataclass
@@ -140,7 +141,7 @@ class TrainResult:
 
 
 def train_step(state: train_state_lib.TrainState, batch: dict, *, loss_fn, base_rng: jax.Array,
-               ema_decay: float | None, ema_warmup: bool):
+               ema_decay: float | None, ema_warmup: bool, ema_power: float = 0.0):
   """One optimizer step on one device's share of the global batch (call under pmap with axis parallel.AXIS).
 
   Returns:
@@ -154,7 +155,7 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, loss_fn, base_
   grads = jax.lax.pmean(grads, parallel.AXIS)
   metrics = jax.lax.pmean(metrics, parallel.AXIS)
   metrics["grad_norm"] = parallel.global_norm(grads)
-  new_state = state.apply_gradients(grads, ema_decay=ema_decay, ema_warmup=ema_warmup)
+  new_state = state.apply_gradients(grads, ema_decay=ema_decay, ema_warmup=ema_warmup, ema_power=ema_power)
   metrics["param_norm"] = parallel.global_norm(new_state.params)
   return new_state, metrics
 
@@ -163,7 +164,7 @@ def make_p_train_step(job: TrainJob, devices=None):
   """The pmapped train step over `devices` (default all local); the state is donated, updated in place."""
   import functools
   step = functools.partial(train_step, loss_fn=job.loss_fn, base_rng=job.rng, ema_decay=job.ema_decay,
-                           ema_warmup=job.ema_warmup)
+                           ema_warmup=job.ema_warmup, ema_power=job.ema_power)
   return jax.pmap(step, axis_name=parallel.AXIS, donate_argnums=(0,), devices=devices)
 
 

@@ -19,15 +19,62 @@ Choices the paper leaves open, and why:
   too, so x̂ = 0 (the mean of the normalised latents) at initialisation, as in the reference code.
 - Dropout on attention probabilities and on the GeGLU hidden layer (reference: attn_dropout, ff_dropout).
 - The residual stream is float32; Dense layers run in `dtype`; LayerNorm and softmax in float32.
+
+Options from the paper's later version and the official code (each off by default; at the defaults the
+parameters and outputs are exactly the first version's above):
+- `time_input`: embed t (default), the noise level ᾱ_t (×1000, as the official HEAD code feeds its time MLP)
+  or the log-SNR λ_t (clamped to ±15 and mapped affinely onto 0..1000). The loss and samplers still pass t;
+  the denoiser looks the noise level up in the schedule's ᾱ table (`schedules.alphas_cumprod_table` from
+  `noise_schedule`, `beta_start`, `beta_end`, `latent_scale`, `num_timesteps`: link them to config.diffusion),
+  interpolating linearly for a float t.
+- `self_cond_mode="concat"`: the estimate (or a learned null latent) is concatenated to z_t before the input
+  projection (official HEAD) instead of being cross-attended. The blocks still have a cross-attention layer;
+  its memory is then one learned token (plus the class token), which costs little and changes nothing else.
+- `unet_skips`: the outputs of the first k blocks are concatenated to the inputs of the mirrored last k blocks
+  (block i feeds block num_layers-1-i) through a Dense(2·dim → dim), as the official HEAD code's
+  `num_dense_connections`; k = `unet_skip_count`, 0 = num_layers // 2.
+- `init_scales="official_v1"`: x-transformers' scales as the official v1 code has them: the T5 bias table
+  N(0,1) times sqrt(head width) in the forward pass, the position table N(0,1) times dim^-1/2 in the forward
+  pass, the null self-conditioning vector and the class table N(0,1) (PyTorch nn.Embedding).
+- `head_dim`: fixes the head width (official: 64), so the number of heads is dim // head_dim.
+- `gelu_approximate=False`: exact (erf) GELU as PyTorch's nn.GELU, in the time MLP and its heads. The GeGLU
+  inside `blocks.DenoiserBlock` follows once that block takes a `gelu_approximate` field (passed when present).
 """
+import dataclasses
+import math
+
+from absl import logging
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from ldlg.networks.attention import RelativePositionBias
 from ldlg.networks.blocks import DenoiserBlock
-from ldlg.networks.embeddings import TimeEmbedding
+from ldlg.networks.embeddings import ScaledRelativePositionBias, TimeEmbedding
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TIME_INPUTS = ("t", "alpha_bar", "log_snr")
+SELF_COND_MODES = ("cross_attention", "concat")
+INIT_SCALES = ("default", "official_v1")
+# Whether this version of DenoiserBlock can switch its GeGLU to the exact GELU.
+_BLOCK_TAKES_GELU = "gelu_approximate" in {f.name for f in dataclasses.fields(DenoiserBlock)}
+
+
+def noise_level_table(time_input: str, alphas_cumprod: np.ndarray) -> np.ndarray:
+  """The time-embedding input per timestep [T] (float64) for `time_input` "alpha_bar" or "log_snr".
+
+  alpha_bar: 1000 ᾱ_t (as the official HEAD code: its time MLP reads 1000 × ᾱ).
+  log_snr: 1000 (15 - λ_t) / 30 with λ clamped to [-15, 15], so 0 = cleanest and 1000 = noisiest, the range
+  and direction of t.
+  """
+  from ldlg.methods.gaussian import schedules  # pylint: disable=g-import-not-at-top (numpy only, no cycle)
+  ab = np.asarray(alphas_cumprod, np.float64)
+  if time_input == "alpha_bar":
+    return 1000.0 * ab
+  if time_input == "log_snr":
+    clamp = schedules.LOG_SNR_CLAMP
+    return 1000.0 * (clamp - schedules.log_snr(ab, clamp)) / (2 * clamp)
+  raise ValueError(f"noise_level_table takes 'alpha_bar' or 'log_snr', got {time_input!r}")
 
 
 class Denoiser(nn.Module):
@@ -47,6 +94,15 @@ class Denoiser(nn.Module):
     dtype: compute dtype name, "float32" or "bfloat16"; params are always float32.
     num_timesteps: length of the discrete schedule; t in [0, num_timesteps) is rescaled to 0..1000 for the
       sinusoidal embedding.
+    time_input: "t" (default), "alpha_bar" or "log_snr": what the time embedding sees (module docstring).
+    noise_schedule, beta_start, beta_end, latent_scale: the diffusion schedule (config.diffusion's
+      schedule, beta_start, beta_end, latent_scale), read only when time_input is not "t".
+    self_cond_mode: "cross_attention" (default, the first version) or "concat" (the later version).
+    unet_skips: long skip connections from the first blocks to the mirrored last ones.
+    unet_skip_count: how many (0 = num_layers // 2); at most num_layers // 2.
+    init_scales: "default" or "official_v1" (module docstring).
+    head_dim: attention head width; 0 = dim // num_heads (default); else num_heads = dim // head_dim.
+    gelu_approximate: tanh GELU (default) or exact GELU (False).
   """
   latent_dim: int = 768
   dim: int = 768
@@ -60,13 +116,52 @@ class Denoiser(nn.Module):
   dropout: float = 0.0
   dtype: str = "float32"
   num_timesteps: int = 1000
+  time_input: str = "t"
+  noise_schedule: str = "linear"
+  beta_start: float = 1e-4
+  beta_end: float = 0.02
+  latent_scale: float = 1.0
+  self_cond_mode: str = "cross_attention"
+  unet_skips: bool = False
+  unet_skip_count: int = 0
+  init_scales: str = "default"
+  head_dim: int = 0
+  gelu_approximate: bool = True
+
+  @property
+  def heads(self) -> int:
+    """The number of attention heads actually used (dim // head_dim when head_dim is set)."""
+    return self.dim // self.head_dim if self.head_dim else self.num_heads
+
+  @property
+  def skip_count(self) -> int:
+    """How many U-Net skip connections (0 when unet_skips is off)."""
+    if not self.unet_skips:
+      return 0
+    return self.unet_skip_count or self.num_layers // 2
+
+  def _check_options(self):
+    for field, value, choices in (("time_input", self.time_input, TIME_INPUTS),
+                                  ("self_cond_mode", self.self_cond_mode, SELF_COND_MODES),
+                                  ("init_scales", self.init_scales, INIT_SCALES)):
+      if value not in choices:
+        raise ValueError(f"Denoiser.{field} must be one of {choices}, got {value!r}.")
+    if self.head_dim and (self.head_dim < 1 or self.dim % self.head_dim):
+      raise ValueError(f"Denoiser.head_dim={self.head_dim} must divide dim={self.dim} (or be 0 to use num_heads).")
+    if self.unet_skips and not 1 <= self.skip_count <= self.num_layers // 2:
+      raise ValueError(f"Denoiser.unet_skip_count={self.unet_skip_count} must be in [1, num_layers // 2 = "
+                       f"{self.num_layers // 2}] (0 = num_layers // 2); U-Net skips need num_layers >= 2.")
+    if not self.gelu_approximate and not _BLOCK_TAKES_GELU:
+      logging.warning("Denoiser.gelu_approximate=False: the time MLP uses the exact GELU, but this version of "
+                      "blocks.DenoiserBlock has no gelu_approximate field, so its GeGLU keeps the tanh GELU.")
 
   def _check(self, z_t, t, mask, self_cond, has_self_cond, class_id):
     """Shape checks with messages that say what to pass instead (static, so free under jit)."""
     if self.dtype not in _DTYPES:
       raise ValueError(f"Denoiser.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
-    if self.dim % self.num_heads:
-      raise ValueError(f"Denoiser.dim={self.dim} is not divisible by num_heads={self.num_heads}.")
+    self._check_options()
+    if self.dim % self.heads:
+      raise ValueError(f"Denoiser.dim={self.dim} is not divisible by num_heads={self.heads}.")
     if z_t.ndim != 3 or z_t.shape[-1] != self.latent_dim:
       raise ValueError(f"z_t must be [B, L, latent_dim={self.latent_dim}], got shape {z_t.shape}.")
     batch, length, _ = z_t.shape
@@ -120,45 +215,94 @@ class Denoiser(nn.Module):
     valid = mask[..., None]
     dense = lambda features, name, **kw: nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
                                                   name=name, **kw)
-    embed_init = nn.initializers.normal(stddev=0.02)
+    official = self.init_scales == "official_v1"
+    embed_init = nn.initializers.normal(stddev=1.0 if official else 0.02)
+    gelu = lambda x: nn.gelu(x, approximate=self.gelu_approximate)
+    concat_self_cond = self.self_cond_mode == "concat"
 
     # Zero padded inputs: key masks already stop them reaching valid outputs, and zeroing also keeps a
     # NaN/inf in padding from turning into 0 * NaN in the attention-weighted sums.
     z_t = jnp.where(valid, z_t, 0.0)
 
-    time_vec = TimeEmbedding(self.dim, 4 * self.dim, self.num_timesteps, dtype, name="time_embed")(t)
-    time_act = nn.gelu(time_vec)  # shared by the input head and every block's AdaLN
+    if self.time_input == "t":
+      time_in, time_steps = t, self.num_timesteps
+    else:
+      # The noise level of step t, looked up in the schedule's own table (a trace-time constant); a float t
+      # interpolates linearly between neighbouring steps.
+      from ldlg.methods.gaussian import schedules  # pylint: disable=g-import-not-at-top
+      table = noise_level_table(self.time_input, schedules.alphas_cumprod_table(
+          self.noise_schedule, self.num_timesteps, beta_start=self.beta_start, beta_end=self.beta_end,
+          latent_scale=self.latent_scale))
+      time_in = jnp.interp(jnp.asarray(t, jnp.float32), jnp.arange(self.num_timesteps, dtype=jnp.float32),
+                           jnp.asarray(table, jnp.float32))
+      time_steps = 1000  # Already on the 0..1000 scale: TimeEmbedding's rescale is then x1.
+    time_vec = TimeEmbedding(self.dim, 4 * self.dim, time_steps, dtype, gelu_approximate=self.gelu_approximate,
+                             name="time_embed")(time_in)
+    time_act = gelu(time_vec)  # shared by the input head and every block's AdaLN
     pos_emb = self.param("pos_embed", embed_init, (self.max_len, self.dim), jnp.float32)
-    h = (dense(self.dim, "input_proj")(z_t).astype(jnp.float32) + pos_emb[None, :length]
+    if official:
+      pos_emb = pos_emb * self.dim ** -0.5  # x-transformers' AbsolutePositionalEmbedding scale.
+
+    null_init = nn.initializers.normal(stddev=1.0) if official else embed_init
+    if concat_self_cond:
+      # Official HEAD: [z_t ; estimate or a learned null latent] -> input projection.
+      null = self.param("null_self_cond", null_init, (self.latent_dim,), jnp.float32)
+      estimate = jnp.broadcast_to(null, z_t.shape)
+      if self_cond is not None:
+        use = jnp.ones((batch,), bool) if has_self_cond is None else has_self_cond
+        estimate = jnp.where(use[:, None, None], jnp.where(valid, self_cond, 0.0), estimate)
+      net_in = jnp.concatenate([z_t, jnp.where(valid, estimate, 0.0)], axis=-1)
+    else:
+      net_in = z_t
+    h = (dense(self.dim, "input_proj")(net_in).astype(jnp.float32) + pos_emb[None, :length]
          + dense(self.dim, "time_to_input")(time_act).astype(jnp.float32)[:, None, :])
 
-    # Cross-attention memory: the self-conditioning estimate (or h_null) at every position, then the
-    # class token. Padded positions are masked; the class token is always valid.
-    null = self.param("null_self_cond", embed_init, (self.dim,), jnp.float32)
-    memory = jnp.broadcast_to(null.astype(dtype), (batch, length, self.dim))
-    self_cond_proj = dense(self.dim, "self_cond_proj")
-    if self_cond is None and self.is_initializing():
-      # Create the projection even when init is called without an estimate, so the params tree is the
-      # same however the caller initialises, and later calls with self_cond find their weights.
-      self_cond_proj(jnp.zeros((1, 1, self.latent_dim), dtype))
-    if self_cond is not None:
-      cond = self_cond_proj(jnp.where(valid, self_cond, 0.0))
-      use = jnp.ones((batch,), bool) if has_self_cond is None else has_self_cond
-      memory = jnp.where(use[:, None, None], cond.astype(dtype), memory)
-    memory_mask = mask
+    if concat_self_cond:
+      # The blocks' cross-attention needs a memory: one learned token (the estimate is already in h).
+      token = self.param("null_memory", embed_init, (self.dim,), jnp.float32)
+      memory = jnp.broadcast_to(token.astype(dtype), (batch, 1, self.dim))
+      memory_mask = jnp.ones((batch, 1), bool)
+    else:
+      # Cross-attention memory: the self-conditioning estimate (or h_null) at every position, then the
+      # class token. Padded positions are masked; the class token is always valid.
+      null = self.param("null_self_cond", null_init, (self.dim,), jnp.float32)
+      memory = jnp.broadcast_to(null.astype(dtype), (batch, length, self.dim))
+      self_cond_proj = dense(self.dim, "self_cond_proj")
+      if self_cond is None and self.is_initializing():
+        # Create the projection even when init is called without an estimate, so the params tree is the
+        # same however the caller initialises, and later calls with self_cond find their weights.
+        self_cond_proj(jnp.zeros((1, 1, self.latent_dim), dtype))
+      if self_cond is not None:
+        cond = self_cond_proj(jnp.where(valid, self_cond, 0.0))
+        use = jnp.ones((batch,), bool) if has_self_cond is None else has_self_cond
+        memory = jnp.where(use[:, None, None], cond.astype(dtype), memory)
+      memory_mask = mask
     if self.num_classes > 0:
       if class_id is None:
         class_id = jnp.full((batch,), self.num_classes, jnp.int32)
       class_tok = nn.Embed(self.num_classes + 1, self.dim, embedding_init=embed_init,
                            param_dtype=jnp.float32, name="class_embed")(class_id)
       memory = jnp.concatenate([memory, class_tok.astype(dtype)[:, None, :]], axis=1)
-      memory_mask = jnp.concatenate([mask, jnp.ones((batch, 1), bool)], axis=1)
+      memory_mask = jnp.concatenate([memory_mask, jnp.ones((batch, 1), bool)], axis=1)
 
-    rel_bias = RelativePositionBias(self.num_heads, self.rel_pos_buckets, self.rel_pos_max_distance,
-                                    name="rel_pos_bias")(length)
+    heads = self.heads
+    if official:
+      rel_bias = ScaledRelativePositionBias(heads, self.rel_pos_buckets, self.rel_pos_max_distance,
+                                            scale=math.sqrt(self.dim // heads), name="rel_pos_bias")(length)
+    else:
+      rel_bias = RelativePositionBias(heads, self.rel_pos_buckets, self.rel_pos_max_distance,
+                                      name="rel_pos_bias")(length)
+    block_kw = {} if self.gelu_approximate or not _BLOCK_TAKES_GELU else {"gelu_approximate": False}
+    skips = self.skip_count
+    stash = []
     for i in range(self.num_layers):
-      h = DenoiserBlock(self.num_heads, self.ff_mult, self.dropout, dtype, name=f"block_{i}")(
+      mirror = self.num_layers - 1 - i  # the block whose output block i receives, when i is in the last k
+      if skips and mirror < skips:
+        h = dense(self.dim, f"skip_proj_{mirror}")(jnp.concatenate([h, stash.pop()], axis=-1)).astype(jnp.float32)
+      h = DenoiserBlock(heads, self.ff_mult, self.dropout, dtype, name=f"block_{i}", **block_kw)(
           h, mask, rel_bias, memory, memory_mask, time_act, deterministic=deterministic)
+      if i < skips:
+        stash.append(h)
 
     h = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, name="final_norm")(h)
     out = dense(self.latent_dim, "output_proj", kernel_init=nn.initializers.zeros)(h)

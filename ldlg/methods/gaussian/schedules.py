@@ -179,7 +179,12 @@ def schedule_from_config(diffusion_cfg: Any) -> Schedule:
       value = getattr(diffusion_cfg, field, None)
       if value is not None:
         kw[field] = float(value)
-  return get_schedule(name, int(diffusion_cfg.num_timesteps), **kw)
+  schedule = get_schedule(name, int(diffusion_cfg.num_timesteps), **kw)
+  # Optional (absent = 1 = today's schedule exactly): the later version's latent scale factor.
+  latent_scale = float(getattr(diffusion_cfg, "latent_scale", 1.0) or 1.0)
+  if latent_scale != 1.0:
+    schedule = scaled_schedule(schedule, latent_scale)
+  return schedule
 
 
 def broadcast_to_rank(a: jax.Array, x: jax.Array) -> jax.Array:
@@ -221,3 +226,69 @@ def q_posterior_mean_variance(schedule: Schedule, x0: jax.Array, z_t: jax.Array,
   c2 = broadcast_to_rank(schedule.posterior_mean_coef2[t], x0)
   var = broadcast_to_rank(schedule.posterior_variance[t], x0)
   return c1 * x0 + c2 * z_t, var
+
+
+# The later version (official code HEAD) clamps log-SNR to this range before shifting it.
+LOG_SNR_CLAMP = 15.0
+
+
+def log_snr(alphas_cumprod: np.ndarray, clamp: float = LOG_SNR_CLAMP) -> np.ndarray:
+  """λ = log(ᾱ / (1 - ᾱ)), clamped to [-clamp, clamp] (float64 in, float64 out)."""
+  ab = np.asarray(alphas_cumprod, np.float64)
+  return np.clip(np.log(ab) - np.log1p(-ab), -clamp, clamp)
+
+
+def shift_alphas_cumprod(alphas_cumprod: np.ndarray, scale: float,
+                         clamp: float = LOG_SNR_CLAMP) -> np.ndarray:
+  """ᾱ of data scaled by `scale`: sigmoid(clamp(λ) + 2 log scale) (Chen 2023; LD4LG's later version).
+
+  Diffusing `scale · x` with ᾱ is, after renormalizing z_t to unit variance, diffusing x with the log-SNR
+  shifted by 2 log(scale): scale < 1 means more noise at every step. scale = 1 only applies the clamp.
+
+  Args:
+    alphas_cumprod: [T] ᾱ_t in (0, 1).
+    scale: the latent scale factor, > 0.
+    clamp: |λ| limit applied before the shift.
+
+  Returns:
+    [T] float64 shifted ᾱ_t.
+  """
+  if scale <= 0:
+    raise ValueError(f"latent_scale must be positive, got {scale}")
+  shifted = log_snr(alphas_cumprod, clamp) + 2.0 * math.log(scale)
+  return 1.0 / (1.0 + np.exp(-shifted))
+
+
+def schedule_from_alphas_cumprod(alphas_cumprod: np.ndarray, name: str = "custom") -> Schedule:
+  """A `Schedule` whose ᾱ is the given non-increasing table (β_t = 1 - ᾱ_t / ᾱ_{t-1}).
+
+  Flat stretches (where a log-SNR clamp holds ᾱ constant) get β = 1e-12 instead of 0, so every table stays
+  defined; ᾱ then differs from the given one by at most T · 1e-12 relatively.
+  """
+  ab = np.asarray(alphas_cumprod, np.float64)
+  prev = np.concatenate([[1.0], ab[:-1]])
+  return schedule_from_betas(np.clip(1.0 - ab / prev, 1e-12, 1.0), name=name)
+
+
+def scaled_schedule(schedule: Schedule, scale: float) -> Schedule:
+  """`schedule` with its log-SNR shifted by 2 log(scale) (see `shift_alphas_cumprod`); ᾱ in float64."""
+  ab = np.cumprod(1.0 - np.asarray(schedule.betas, np.float64))
+  return schedule_from_alphas_cumprod(shift_alphas_cumprod(ab, scale), name=f"{schedule.name}@scale{scale:g}")
+
+
+def alphas_cumprod_table(name: str = "linear", num_timesteps: int = 1000, *, beta_start: float = 1e-4,
+                         beta_end: float = 0.02, latent_scale: float = 1.0) -> np.ndarray:
+  """ᾱ_t [T] (float64) of the schedule `schedule_from_config` builds from the same fields (equal to its
+  float32 `alphas_cumprod` to float32 precision).
+
+  For code that needs the noise level of a timestep without holding the `Schedule` (the denoiser's
+  ᾱ / log-SNR time input): one computation, so network and loss always agree.
+  """
+  # Pure numpy (no Schedule of jax arrays): callable while a jit trace is running.
+  if name not in _BETA_FNS:
+    raise ValueError(f"unknown noise schedule {name!r}; choose one of {SCHEDULES}")
+  kw = {"beta_start": beta_start, "beta_end": beta_end} if name == "linear" else {}
+  ab = np.cumprod(1.0 - _BETA_FNS[name](int(num_timesteps), **kw))
+  if latent_scale != 1.0:
+    ab = shift_alphas_cumprod(ab, latent_scale)
+  return ab

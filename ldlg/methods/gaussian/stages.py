@@ -51,7 +51,8 @@ def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=No
 
   job = trainer.TrainJob(init_params=method.init_params, loss_fn=method.loss_fn, batches=batches,
                          optim=config.optim, init_rng=init_rng, rng=train_rng,
-                         ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup)
+                         ema_decay=config.train.ema_decay, ema_warmup=config.train.ema_warmup,
+                         ema_power=float(config.train.get("ema_power", 0.0)))
   is_primary = jax.process_index() == 0
   hooks = []
   if config.train.sample_every and is_primary:

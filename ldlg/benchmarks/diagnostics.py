@@ -1,0 +1,238 @@
+r"""Where a trained LD4LG run loses quality: the decoder's robustness to latent noise, and the denoiser's accuracy
+by noise level.
+
+  python -m ldlg.benchmarks.diagnostics --workdir=runs/sst_cpu [--num_examples=128] [--out=<dir>]
+
+Reads the run's saved config (`<workdir>/config.json`), its validation latents (precompute stage), its frozen
+BART and its latest checkpoint (EMA parameters), and writes `<out>/diagnostics.json` (default out = the
+workdir) plus, with matplotlib installed (`pip install .[plots]`), `decoder_robustness.png` and
+`denoiser_by_noise.png`:
+
+- decoder_robustness: validation latents x (normalized units, as the denoiser sees them) plus σ·ε for each σ in
+  `noise_scales`, un-normalized and decoded with the run's decoding settings; exact match, word accuracy and
+  BLEU against the sentences themselves. σ = 0 is the codec's own ceiling; the σ where exact match collapses
+  says how close a sample must land to a real latent to decode to a real sentence.
+- denoiser_by_noise: for each t of an even grid over [0, T), z_t = sqrt(ᾱ_t) x + sqrt(1-ᾱ_t) ε, one network
+  call gives x̂0 (with self-conditioning: a first call without an estimate, then one with it, as the sampler's
+  second step); per t: x̂0 mean squared error over valid positions and channels (first pass and
+  self-conditioned), its ratio to the error of predicting 0 (the data mean), and the share of x̂0 that decode
+  to exactly the sentence. Class-conditional runs use each example's true label.
+"""
+import json
+import pathlib
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ldlg.codecs.bart import codec as bart_codec
+from ldlg.codecs.bart import reconstruction
+from ldlg.engine.workdir import Workdir
+from ldlg.methods.gaussian import schedules
+
+NOISE_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+def load_run_config(workdir: Workdir) -> ml_collections.ConfigDict:
+  """The config the run was made with (`<workdir>/config.json`)."""
+  if not workdir.config_file.exists():
+    raise FileNotFoundError(f"no {workdir.config_file}: {workdir.root} is not a run's workdir (run the pipeline "
+                            "there first)")
+  return ml_collections.ConfigDict(json.loads(workdir.config_file.read_text()))
+
+
+def _texts(store, indices) -> list[str]:
+  return [store.strings(int(i))["text"] for i in indices]
+
+
+def decoder_robustness(codec, batch: dict, texts: Sequence[str], mean: np.ndarray, std: float,
+                       noise_scales: Sequence[float], seed: int = 0) -> list[dict[str, float]]:
+  """Scores of decoding (x + σ ε) for each σ (normalized units); see the module docstring.
+
+  Args:
+    codec: a `BartLatentCodec` (decode takes un-normalized latents).
+    batch: {"latents" [n, L, d] normalized, "mask" [n, L]}.
+    texts: the n sentences.
+    mean, std: the normalization statistics.
+    noise_scales: the σ values.
+    seed: noise seed (the same ε for every σ, so the curve is smooth in σ).
+
+  Returns:
+    One {"noise_std", "exact_match", "word_accuracy", "bleu", "num_sentences"} per σ.
+  """
+  mask = batch["mask"]
+  eps = np.random.default_rng(seed).standard_normal(batch["latents"].shape).astype(np.float32)
+  rows = []
+  for sigma in noise_scales:
+    noisy = np.where(mask[..., None], batch["latents"] + sigma * eps, 0.0)
+    hyps = codec.decode(noisy * std + mean, mask)
+    rows.append({"noise_std": float(sigma), **reconstruction.reconstruction_scores(hyps, list(texts))})
+  return rows
+
+
+def denoiser_by_noise(method, params, codec, batch: dict, texts: Sequence[str], mean: np.ndarray, std: float,
+                      timesteps: Sequence[int], seed: int = 0) -> list[dict[str, float]]:
+  """Per-t accuracy of one-step x̂0 on validation latents; see the module docstring.
+
+  Args:
+    method: the run's `GaussianDiffusion`.
+    params: its (EMA) parameters.
+    codec: the `BartLatentCodec`.
+    batch: {"latents" [n, L, d] normalized, "mask" [n, L], "label" [n] (class-conditional)}.
+    texts: the n sentences.
+    mean, std: the normalization statistics.
+    timesteps: the t values.
+    seed: noise seed.
+
+  Returns:
+    One {"t", "alpha_bar", "x0_mse", "x0_mse_self_cond", "relative_mse", "exact_match", "bleu"} per t
+    (exact match and BLEU of the self-conditioned x̂0's decoding).
+  """
+  from ldlg.methods.gaussian import parameterization as param_lib
+  x0 = jnp.asarray(batch["latents"])
+  mask = jnp.asarray(batch["mask"])
+  n = x0.shape[0]
+  class_id = jnp.asarray(batch["label"], jnp.int32) if method.num_classes > 0 and "label" in batch else None
+  objective = method.config.diffusion.get("objective", "x0")
+  valid = mask[..., None]
+  count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
+  mse = lambda a: float(jnp.sum(jnp.where(valid, jnp.square(a - x0), 0.0)) / count)
+
+  @jax.jit
+  def estimates(params, t, rng):
+    ts = jnp.full((n,), t, jnp.int32)
+    noise = jax.random.normal(rng, x0.shape)
+    z_t = jnp.where(valid, schedules.q_sample(method.schedule, x0, ts, noise), 0.0)
+    ab = method.schedule.alphas_cumprod[ts]
+    out = method.denoise_fn(params, z_t, ts, mask, None, None, class_id, False, rng)
+    first = jnp.where(valid, param_lib.x0_from_output(objective, z_t, out, ab), 0.0)
+    out = method.denoise_fn(params, z_t, ts, mask, first, jnp.ones((n,), bool), class_id, False, rng)
+    second = jnp.where(valid, param_lib.x0_from_output(objective, z_t, out, ab), 0.0)
+    return first, second
+
+  baseline = mse(jnp.zeros_like(x0))
+  rows = []
+  for t in timesteps:
+    first, second = estimates(params, int(t), jax.random.fold_in(jax.random.PRNGKey(seed), int(t)))
+    hyps = codec.decode(np.asarray(second) * std + mean, np.asarray(mask))
+    scores = reconstruction.reconstruction_scores(hyps, list(texts))
+    rows.append({"t": int(t), "alpha_bar": float(method.schedule.alphas_cumprod[int(t)]), "x0_mse": mse(first),
+                 "x0_mse_self_cond": mse(second), "relative_mse": mse(second) / max(baseline, 1e-12),
+                 "exact_match": scores["exact_match"], "bleu": scores["bleu"]})
+  return rows
+
+
+def _plot(result: dict, out_dir: pathlib.Path) -> list[str]:
+  """PNG plots of both diagnostics; [] when matplotlib is not installed."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    logging.warning("matplotlib is not installed (pip install .[plots]): no plots, JSON only.")
+    return []
+  written = []
+  rob = result["decoder_robustness"]
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  sig = [r["noise_std"] for r in rob]
+  ax.plot(sig, [r["exact_match"] for r in rob], "o-", label="exact match")
+  ax.plot(sig, [r["bleu"] / 100 for r in rob], "s-", label="BLEU / 100")
+  ax.set(xlabel="noise std σ (normalized latent units)", ylabel="score", title="Decoder robustness", ylim=(0, 1.05))
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out_dir / "decoder_robustness.png", dpi=120)
+  plt.close(fig)
+  written.append("decoder_robustness.png")
+  den = result["denoiser_by_noise"]
+  fig, ax1 = plt.subplots(figsize=(5, 3.5))
+  ts = [r["t"] for r in den]
+  ax1.plot(ts, [r["x0_mse"] for r in den], "o-", label="x̂0 MSE (no estimate)")
+  ax1.plot(ts, [r["x0_mse_self_cond"] for r in den], "s-", label="x̂0 MSE (self-conditioned)")
+  ax1.set(xlabel="timestep t", ylabel="MSE (normalized units)", title="Denoiser accuracy by noise level")
+  ax2 = ax1.twinx()
+  ax2.plot(ts, [r["exact_match"] for r in den], "^--", color="tab:green", label="decodes exactly")
+  ax2.set(ylabel="share decoding exactly", ylim=(0, 1.05))
+  lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+  ax1.legend(lines, [l.get_label() for l in lines], fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_dir / "denoiser_by_noise.png", dpi=120)
+  plt.close(fig)
+  written.append("denoiser_by_noise.png")
+  return written
+
+
+def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num_timesteps: int = 10,
+                    noise_scales: Sequence[float] = NOISE_SCALES, out_dir: str | pathlib.Path | None = None,
+                    seed: int = 0, config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """Both diagnostics on a trained run; writes diagnostics.json (and PNGs) to out_dir (default the workdir).
+
+  Args:
+    workdir: the run's workdir (precompute and train stages done).
+    num_examples: validation sentences used (the first ones of the eval split).
+    num_timesteps: points of the t grid (evenly spaced over [0, T), both ends included).
+    noise_scales: σ values of the robustness curve.
+    out_dir: where to write.
+    seed: noise seed.
+    config: the run's config (default: the one saved in the workdir).
+
+  Returns:
+    {"workdir", "checkpoint_step", "num_examples", "decoder_robustness": [...], "denoiser_by_noise": [...],
+     "plots": [...]}.
+  """
+  from ldlg.methods.gaussian.text_sampler import TextSampler, read_sampling_meta
+  wd = Workdir(pathlib.Path(workdir).absolute())
+  config = config or load_run_config(wd)
+  meta = read_sampling_meta(wd)
+  sampler = TextSampler.from_meta(config, wd, meta)
+  params = sampler.load_params()
+  store = bart_codec.open_latent_store(config, wd, config.data.eval_split)
+  indices = np.arange(min(num_examples, store.num_examples))
+  batch = store.gather(indices, pad_to=config.model.max_len)
+  batch["latents"] = np.where(batch["mask"][..., None], batch["latents"], 0.0)
+  texts = _texts(store, indices)
+  mean, std = sampler.mean, sampler.std  # The checkpoint's statistics: what sampling un-normalizes with.
+  T = sampler.method.schedule.num_timesteps
+  grid = np.unique(np.round(np.linspace(0, T - 1, num_timesteps)).astype(int))
+  result = {
+      "workdir": str(wd.root), "num_examples": int(len(indices)),
+      "checkpoint_step": int(meta.get("data_position", -1)),
+      "decoder_robustness": decoder_robustness(sampler.codec, batch, texts, mean, std, noise_scales, seed),
+      "denoiser_by_noise": denoiser_by_noise(sampler.method, params, sampler.codec, batch, texts, mean, std, grid,
+                                             seed),
+  }
+  out = pathlib.Path(out_dir) if out_dir else wd.root
+  out.mkdir(parents=True, exist_ok=True)
+  result["plots"] = _plot(result, out)
+  (out / "diagnostics.json").write_text(json.dumps(result, indent=2))
+  return result
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program: importing this module (tests, Colab, ldlg.benchmarks.quality, which
+  # has its own --workdir) then never collides on flag names.
+  flags.DEFINE_string("workdir", None, "A trained run's workdir.")
+  flags.DEFINE_integer("num_examples", 128, "Validation sentences to use.")
+  flags.DEFINE_integer("num_timesteps", 10, "Points of the timestep grid.")
+  flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
+  flags.DEFINE_integer("seed", 0, "Noise seed.")
+  flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  result = run_diagnostics(FLAGS.workdir, num_examples=FLAGS.num_examples, num_timesteps=FLAGS.num_timesteps,
+                           out_dir=FLAGS.out, seed=FLAGS.seed)
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,35 @@
+"""The diagnostics benchmark on a tiny trained run (configs/tiny.py through the pipeline's stages, few steps)."""
+import json
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from ldlg import pipeline
+from ldlg.benchmarks import diagnostics
+from ldlg.engine.workdir import Workdir
+
+
+@pytest.mark.slow
+def test_diagnostics_on_a_tiny_run(tmp_path, data_dir):
+  config = tiny.get_config()
+  config.autoencoder.num_steps = 10
+  config.train.update(num_steps=4, ckpt_every=4, log_every=2)
+  wd = Workdir(tmp_path / "run")
+  for stage in ("pretrain_autoencoder", "precompute", "train"):
+    pipeline.run(stage, config, wd.root, data_dir=data_dir)
+  result = diagnostics.run_diagnostics(wd.root, num_examples=6, num_timesteps=3, noise_scales=(0.0, 0.5, 100.0))
+  assert result["num_examples"] == 6
+  saved = json.loads((wd.root / "diagnostics.json").read_text())
+  assert saved["decoder_robustness"] == result["decoder_robustness"]
+  rob = result["decoder_robustness"]
+  assert [r["noise_std"] for r in rob] == [0.0, 0.5, 100.0] and all(r["num_sentences"] == 6 for r in rob)
+  assert all(0.0 <= r["exact_match"] <= 1.0 and 0.0 <= r["bleu"] <= 100.0 for r in rob)
+  den = result["denoiser_by_noise"]
+  assert config.diffusion.num_timesteps == 100 and [r["t"] for r in den] == [0, 50, 99]  # even grid, both ends
+  # ᾱ falls with t, and every error is finite.
+  assert den[0]["alpha_bar"] > den[-1]["alpha_bar"]
+  assert all(np.isfinite(r["x0_mse"]) and np.isfinite(r["x0_mse_self_cond"]) for r in den)
+  assert sorted(result["plots"]) == ["decoder_robustness.png", "denoiser_by_noise.png"]
+  for name in result["plots"]:
+    assert (wd.root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
