@@ -2,15 +2,17 @@
 # Runs an ldlg job on every host of a Cloud TPU pod slice. Idempotent: re-running re-syncs the code, re-installs
 # (a no-op when nothing changed) and resumes the job from its latest checkpoint in the workdir.
 #
-#   TPU_NAME=my-v4-32 ZONE=us-central2-b WORKDIR=gs://bucket/runs/e2e \
+#   TPU_NAME=my-v4-32 ZONE=us-central2-b WORKDIR=/mnt/shared/runs/e2e \
 #     bash launch/tpu_pod.sh --config=configs/e2e.py --mode=pipeline
 #
-# The workdir must be visible to every host (a GCS bucket or a shared filesystem): Orbax writes checkpoints from
-# all hosts, and only process 0 writes metrics and samples. Each host reads its own share of every global batch.
+# The workdir must be visible to every host as a *path*: a shared filesystem, or a GCS bucket mounted with
+# gcsfuse (e.g. /mnt/gcs/runs/e2e). gs:// URLs are not read directly yet (latent shards are memory-mapped; the
+# job says so and stops). Orbax writes checkpoints from all hosts, and only process 0 writes metrics and
+# samples. Each host reads its own share of every global batch.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME to the TPU VM name}"
 : "${ZONE:?set ZONE to the TPU zone}"
-: "${WORKDIR:?set WORKDIR to a path every host can reach (gs://... or a shared mount)}"
+: "${WORKDIR:?set WORKDIR to a path every host can reach (a shared mount, e.g. gcsfuse)}"
 REPO_DIR=${REPO_DIR:-ldlg}
 DATA_DIR=${LDLG_DATA_DIR:-}
 

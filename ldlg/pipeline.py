@@ -56,6 +56,10 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   if mode != "pipeline" and mode not in names:
     raise ValueError(f"the {methods.method_name(config)} method has no {mode!r} stage; its stages are {names}")
   validate_config(config)  # Before anything is written: a bad value never reaches config.json.
+  if "://" in str(workdir) or "://" in str(data_dir or ""):
+    raise ValueError(f"--workdir={workdir} / --data_dir={data_dir}: URLs (gs://...) are not supported yet (latent "
+                     "shards are memory-mapped and stages write with local file operations); mount the bucket "
+                     "(gcsfuse) and pass the mounted path")
   wd = Workdir(pathlib.Path(workdir).absolute())
   check_workdir(wd.root)
   save_or_check_config(config, wd, write=jax.process_index() == 0)

@@ -70,3 +70,9 @@ def test_colab_notebook_cells_run(tmp_path, data_dir):
     source = source.replace('pathlib.Path("runs/e2e_cpu")', f'pathlib.Path({str(wd.root)!r})')
     exec(compile(source, "sample_colab.ipynb", "exec"), namespace)  # pylint: disable=exec-used
   assert len(namespace["records"]) == 8 and all("text" in r for r in namespace["records"])
+  # The trajectory cells: decoded x̂0 at 9 steps of 3 samples, and the token changes between them.
+  trajectory = namespace["trajectory"]
+  assert trajectory["steps"][0] == 0 and trajectory["steps"][-1] == 49 and len(trajectory["steps"]) == 9
+  assert all(len(texts) == 3 for texts in trajectory["texts"]) and len(trajectory["final"]) == 3
+  assert trajectory["texts"][-1] == trajectory["final"]  # At the last DDIM step the sample is the estimate.
+  assert len(trajectory["tokens_changed"]) == 8 and all(c >= 0 for row in trajectory["tokens_changed"] for c in row)

@@ -133,6 +133,38 @@ class TextSampler:
       ckpt.close()
     return saved["ema_params"]
 
+  def trajectory(self, params, *, num_samples: int = 4, seed: int = 0, at_steps=None,
+                 class_id: int | None = None) -> dict:
+    """The denoising trajectory of one batch (DDIM/DDPM samplers): the decoded x̂0 at chosen steps.
+
+    Args:
+      at_steps: step indices in [0, num_steps) (0 = the noisiest); default 8 evenly spaced ones and the last.
+    Returns:
+      {"steps": [K] step indices, "texts": [K][num_samples] decoded x̂0, "final": [num_samples] texts of the
+       returned sample, "tokens_changed": [K - 1][num_samples] tokens that differ between consecutive recorded
+       steps (position by position, padded with a blank)}.
+    """
+    n = self.config.sample.num_steps if self.config.sample.sampler == "ddim" else self.method.schedule.num_timesteps
+    steps = sorted(set(int(s) for s in (at_steps if at_steps is not None else
+                                        np.linspace(0, n - 1, 9).round().astype(int))))
+    sample_fn = self.method.make_sampler(self.config.sample, return_trajectory_at=steps)
+    rng_np = np.random.default_rng(seed)
+    class_ids = sample_runner.resolve_class_ids(self.method.num_classes, num_samples, class_id)
+    inputs, _ = self._make_inputs(rng_np, num_samples, class_ids)
+    x0, traj = sample_fn(params, jax.random.PRNGKey(seed), jnp.asarray(inputs["mask"]),
+                         None if class_ids is None else jnp.asarray(class_ids))
+    texts = [self._decode(np.asarray(x), inputs) for x in np.asarray(traj)]
+    tokenize = lambda s: self.codec.autoencoder.tokenizer(s, add_special_tokens=False)["input_ids"]
+    changed = []
+    for before, after in zip(texts[:-1], texts[1:]):
+      row = []
+      for a, b in zip(before, after):
+        ta, tb = tokenize(a), tokenize(b)
+        width = max(len(ta), len(tb))
+        row.append(sum(x != y for x, y in zip(ta + [-1] * (width - len(ta)), tb + [-1] * (width - len(tb)))))
+      changed.append(row)
+    return {"steps": steps, "texts": texts, "final": self._decode(np.asarray(x0), inputs), "tokens_changed": changed}
+
   def sample(self, params, *, num_samples: int, seed: int, class_id: int | None = None,
              batch_size: int | None = None, progress: bool = False, **resume) -> list[dict]:
     """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
