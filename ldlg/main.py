@@ -58,6 +58,11 @@ def _quiet_third_party() -> None:
     transformers.logging.set_verbosity_error()
   except ImportError:
     pass
+  try:  # TFDS's own per-split progress bars ("Shuffling ...") fill redirected logs.
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass
 
 
 def main(argv):
