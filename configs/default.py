@@ -183,6 +183,10 @@ def make_cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
       attention_heads=4, ffn_dim=512, num_steps=3000, batch_size=64, learning_rate=1e-3, warmup_steps=200,
       checkpoint_every=500, eval_num_sentences=500)
   config.data.length_bucketed = True
+  if config.autoencoder.max_decode_length > config.autoencoder.max_position_embeddings:
+    # Long texts (ROCStories: 128 tokens) decode up to max_length + 1 tokens, decoder start included: the small
+    # BART's learned positions must cover that.
+    config.autoencoder.max_position_embeddings = config.autoencoder.max_decode_length
   # Linked, not copied: `--config.autoencoder.d_model=...` then changes the denoiser's input width too.
   config.model.latent_dim = config.autoencoder.get_ref("d_model")
   config.model.update(dim=128, num_layers=4, num_heads=4)

@@ -21,11 +21,12 @@ def all_configs():
       continue
     module = importlib.import_module(f"configs.{path.stem}")
     out.append((path.stem, None))
-    try:
-      module.get_config("cpu")
-    except ValueError:
-      continue
-    out.append((path.stem, "cpu"))
+    for variant in ("cpu", "ar_cpu", "mdlm_cpu", "cpu_official_v1", "cpu_later", "ar", "mdlm"):
+      try:
+        module.get_config(variant)
+      except ValueError:
+        continue
+      out.append((path.stem, variant))
   return out
 
 
@@ -39,6 +40,10 @@ def unlinked(name, variant=None):
 def test_every_config_validates_and_decodes_within_its_positions(name, variant):
   config = importlib.import_module(f"configs.{name}").get_config(variant)
   cv.validate_config(config)
+  if "autoencoder" not in config:  # Token-level methods (AR, MDLM): their positions cover data.max_length.
+    positions = config.model.get("n_positions", config.model.get("max_len"))
+    assert config.data.max_length <= positions
+    return
   positions = (config.autoencoder.max_position_embeddings if config.autoencoder.pretrain
                else BART_BASE_POSITIONS)
   assert config.autoencoder.max_decode_length <= positions
@@ -48,7 +53,7 @@ def test_every_config_validates_and_decodes_within_its_positions(name, variant):
 def test_all_configs_covers_each_file_and_the_cpu_variants():
   found = all_configs()
   assert {n for n, _ in found} == {p.stem for p in CONFIG_DIR.glob("*.py")} - {"__init__"}
-  assert ("rocstories", "cpu") in found and ("tiny", "cpu") in found  # tiny ignores its argument
+  assert {("rocstories", "cpu"), ("sst", "ar_cpu"), ("sst", "mdlm_cpu"), ("tiny", "mdlm")} <= set(found)
 
 
 @pytest.mark.parametrize("name", ["e2e", "rocstories", "sst", "ag_news"])
