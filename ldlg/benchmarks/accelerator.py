@@ -127,7 +127,9 @@ def table(result: dict) -> str:
 
 
 def define_flags():
-  config_flags.DEFINE_config_file("config", "configs/e2e.py", "Run config (the paper's by default).")
+  # Resolved from this file, so the command runs from any directory of a source checkout.
+  default = pathlib.Path(__file__).resolve().parents[2] / "configs" / "e2e.py"
+  config_flags.DEFINE_config_file("config", str(default), "Run config (the paper's by default).")
   flags.DEFINE_bool("tiny", False, "Shrink the model (CPU plumbing check).")
   flags.DEFINE_integer("length", 64, "Valid tokens per training sequence.")
   flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Denoiser compute dtype.")
