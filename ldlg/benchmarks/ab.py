@@ -7,7 +7,7 @@ r"""Side-by-side A/B timing of config variants of one hot loop, in one process: 
 The baseline is the config as given; each --variant is a comma-separated list of `section.field=value`
 overrides of it (values parsed as Python literals when they are, else kept as strings). Every variant is built
 and compiled first; then `--rounds` rounds each time `--calls` back-to-back calls of every variant in turn
-(baseline first), so all of them see the same drift in the machine's load. Reported per variant: the median
+(the order rotated from round to round), so all of them see the same drift in the machine's load. Reported per variant: the median
 seconds per call and the median over rounds of the per-round ratio variant / baseline (below 1 = faster).
 Printed as JSON.
 """
@@ -74,8 +74,8 @@ def compare(config, variants, *, part="train", length=32, sample_steps=20, round
     jax.block_until_ready(call())
     jax.block_until_ready(call())
   times = {name: [] for name in names}
-  for _ in range(rounds):
-    for name in names:
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:  # Rotated: no variant always runs first.
       call = built[name][0]
       t0 = time.perf_counter()
       out = None
