@@ -25,6 +25,7 @@ def _close(a, b, tol):
                                                                   np.asarray(y, np.float32), rtol=tol, atol=tol), a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
 def test_dot_product_attention_equals_the_plain_path(dtype, tol):
   """Self-attention with the T5 bias and a padding mask (one row all padding), and cross-attention to a memory
@@ -56,6 +57,7 @@ def test_dot_product_attention_falls_back_to_the_plain_path_under_dropout():
   assert not np.allclose(run("plain"), Attention(H).apply(params, *args))  # and dropout was active
 
 
+@pytest.mark.slow
 def test_block_options_keep_the_function_and_the_parameter_tree():
   """remat and attention_impl change how the block runs, not what it computes: same parameter tree, outputs
   and gradients (remat exactly up to float reassociation)."""

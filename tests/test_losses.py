@@ -415,6 +415,7 @@ def test_two_device_step_equals_one_device_step_in_every_mode(mode):
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), two_params, one_params)
 
 
+@pytest.mark.slow
 def test_skip_if_unused_decides_over_the_global_batch():
   """A device none of whose examples is self-conditioned still runs the estimate pass when another device's
   example is (the decision is taken over the global batch, so every device runs the same branch)."""

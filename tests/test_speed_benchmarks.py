@@ -50,8 +50,12 @@ def test_every_hot_loop_compiles_once_and_reports_its_rate():
     r = result[part]
     assert r["traces"] == 1, (part, r["traces"])  # calls and the cost-analysis lowering share one trace
     assert r["flops"] > 0 and r["flops_per_s"] > 0 and r["roofline_fraction"] > 0, part
-  # The sampler's FLOPs are num_steps evaluations of the denoiser: more steps, proportionally more FLOPs.
-  assert result["sample"]["num_steps"] == 20
+  assert result["sample"]["num_steps"] == 20  # --quick samples 20 steps, whatever the config says
+  # The decode is forced to full length, so its FLOPs are those of (max_decode_length - 1) steps, each more than
+  # the LM head alone (rows x d_model x vocab multiply-adds).
+  rows = result["decode"]["batch"] * result["decode"]["num_beams"]
+  lm_head = 2 * rows * config.autoencoder.d_model * config.autoencoder.vocab_size
+  assert result["decode"]["flops"] > (result["decode"]["decode_length"] - 1) * lm_head
 
 
 def test_peak_table_finds_the_devices_by_kind():
