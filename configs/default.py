@@ -113,6 +113,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       objective="x0",       # The network predicts x0 (eps-prediction was unstable for the authors).
       loss_type="l2",       # l2 as the paper describes; l1 as the reference scripts used.
       self_condition_prob=0.5,
+      # per_example (one coin per example, estimate pass every step), per_batch (one coin per step, as the
+      # reference code; skips the estimate pass when it says no) or skip_if_unused (ldlg/methods/gaussian/losses.py).
+      self_condition_mode="per_example",
       label_dropout=0.1,    # Class-conditional only: share of labels replaced by the null class.
   )
   # The denoiser scales t by T for its time embedding: one source of truth.

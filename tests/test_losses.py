@@ -280,3 +280,157 @@ def test_loss_fn_from_config_reads_the_fields():
   assert float(got) == float(want)
   other, _ = make_loss_fn(denoise_fn, SCHEDULE, num_classes=3)(params, rng, batch)
   assert float(got) != float(other)
+
+
+# ----------------------------------------------------------------------------- self-conditioning modes
+
+MODES = ("per_example", "per_batch", "skip_if_unused")
+
+
+def _closed_form_sc(params, z, t, mask, self_cond, has_self_cond, class_id, train, rng):
+  """p_plain·z without an estimate, p_w·z + p_sc·x̃ with one (as in the test above)."""
+  plain = params["plain"] * z
+  if self_cond is None:
+    return plain
+  return jnp.where(has_self_cond[:, None, None], params["w"] * z + params["sc"] * self_cond, plain)
+
+
+_SC_PARAMS = {"plain": jnp.array(0.7), "w": jnp.array(0.3), "sc": jnp.array(0.5)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_at_probability_one_is_the_closed_form_self_conditioned_loss(mode):
+  """With probability 1 every mode self-conditions every example: the same loss and gradients as per_example,
+  and p_plain (reached only through the stop-gradient estimate) gets exactly zero gradient."""
+  batch = make_batch()
+  rng = jax.random.PRNGKey(0)
+  grad = lambda m: jax.value_and_grad(make_loss_fn(_closed_form_sc, SCHEDULE, self_condition_prob=1.0,
+                                                   self_condition_mode=m), has_aux=True)(_SC_PARAMS, rng, batch)
+  (loss, metrics), grads = grad(mode)
+  (want, _), want_grads = grad("per_example")
+  assert float(metrics["self_cond_frac"]) == 1.0
+  assert float(grads["plain"]) == 0.0 and abs(float(grads["sc"])) > 1e-3
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), grads, want_grads)
+
+
+def _counting(calls):
+  """The closed-form denoiser, recording at run time (not trace time) every pass without an estimate: the
+  estimate pass (the loss's second pass always gets an estimate when self-conditioning is on)."""
+  def denoise_fn(params, z, t, mask, self_cond, has_self_cond, class_id, train, rng):
+    if self_cond is None:
+      jax.debug.callback(lambda: calls.append("estimate_pass"))
+    return _closed_form_sc(params, z, t, mask, self_cond, has_self_cond, class_id, train, rng)
+  return denoise_fn
+
+
+@pytest.mark.slow
+def test_skip_if_unused_equals_per_example_and_skips_only_when_no_coin_is_up():
+  batch = make_batch(b=6)
+  denoise_fn, params = init_standin(batch)
+  value_and_grad = {(mode, p): jax.jit(jax.value_and_grad(
+      make_loss_fn(denoise_fn, SCHEDULE, self_condition_prob=p, self_condition_mode=mode), has_aux=True))
+                    for mode in ("skip_if_unused", "per_example") for p in (0.5, 0.05)}
+  fracs = set()
+  for seed in range(12):
+    rng = jax.random.PRNGKey(seed)
+    for prob in (0.5, 0.05):
+      (loss, m), g = value_and_grad["skip_if_unused", prob](params, rng, batch)
+      (want, m_want), g_want = value_and_grad["per_example", prob](params, rng, batch)
+      assert float(m["self_cond_frac"]) == float(m_want["self_cond_frac"])  # the same coins
+      np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+      jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g_want)
+      fracs.add(float(m["self_cond_frac"]) > 0)
+  assert fracs == {True, False}  # both branches were exercised
+
+  # The estimate pass runs exactly when some coin is up.
+  calls = []
+  loss_fn = jax.jit(make_loss_fn(_counting(calls), SCHEDULE, self_condition_prob=0.05,
+                                 self_condition_mode="skip_if_unused"))
+  for seed in range(12):
+    calls.clear()
+    _, m = loss_fn(_SC_PARAMS, jax.random.PRNGKey(seed), batch)
+    jax.effects_barrier()
+    assert len(calls) == (1 if float(m["self_cond_frac"]) > 0 else 0)
+
+
+@pytest.mark.slow
+def test_per_batch_is_one_coin_per_step_choosing_between_the_two_closed_forms():
+  """Each step's loss is the all-self-conditioned loss (probability 1) or the plain one (probability 0), by a
+  coin of rate p shared by the whole batch; the estimate pass runs only when the coin is up."""
+  batch = make_batch(b=6)
+  calls = []
+  per_batch = jax.jit(make_loss_fn(_counting(calls), SCHEDULE, self_condition_prob=0.3,
+                                   self_condition_mode="per_batch"))
+  always = jax.jit(make_loss_fn(_closed_form_sc, SCHEDULE, self_condition_prob=1.0))
+  never = jax.jit(make_loss_fn(_closed_form_sc, SCHEDULE, self_condition_prob=0.0))
+  n, ups = 200, 0
+  for seed in range(n):
+    rng = jax.random.PRNGKey(seed)
+    calls.clear()
+    loss, m = per_batch(_SC_PARAMS, rng, batch)
+    jax.effects_barrier()
+    frac = float(m["self_cond_frac"])
+    assert frac in (0.0, 1.0)
+    ups += frac == 1.0
+    assert len(calls) == int(frac)
+    np.testing.assert_allclose(float(loss), float((always if frac else never)(_SC_PARAMS, rng, batch)[0]),
+                               rtol=1e-6)
+  assert abs(ups / n - 0.3) < 4 * math.sqrt(0.3 * 0.7 / n)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_device_step_equals_one_device_step_in_every_mode(mode):
+  """The engine's pmapped step on 2 devices equals the 1-device step: the per-batch coin and the
+  skip decision are the same on every device."""
+  from ldlg.engine import parallel
+  from ldlg.engine import train_state as train_state_lib
+  from ldlg.engine import trainer
+  assert jax.local_device_count() >= 2
+  batch = make_batch(b=8)
+  denoise_fn, params = init_standin(batch)
+  loss_fn = make_loss_fn(denoise_fn, SCHEDULE, self_condition_prob=0.5, self_condition_mode=mode)
+  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.0,
+                                         b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0))
+  tx = train_state_lib.make_optimizer(optim, 10)
+  job = trainer.TrainJob(init_params=None, loss_fn=loss_fn, batches=None, optim=optim,
+                         init_rng=jax.random.PRNGKey(0), rng=jax.random.PRNGKey(3))
+  host_batch = dict(jax.device_get(batch), example_index=np.arange(8))
+
+  def run(num_devices):
+    devices = jax.local_devices()[:num_devices]
+    state = parallel.replicate(train_state_lib.TrainState.create(params, tx), devices)
+    step = trainer.make_p_train_step(job, devices)
+    out = []
+    for _ in range(3):  # several steps: several coins
+      state, metrics = step(state, parallel.shard_batch(host_batch, num_devices))
+      out.append(jax.device_get(parallel.unreplicate(metrics)))
+    return jax.device_get(parallel.unreplicate(state).params), out
+
+  one_params, one_metrics = run(1)
+  two_params, two_metrics = run(2)
+  for a, b in zip(one_metrics, two_metrics):
+    for key in ("loss", "self_cond_frac", "grad_norm"):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), two_params, one_params)
+
+
+@pytest.mark.slow
+def test_skip_if_unused_decides_over_the_global_batch():
+  """A device none of whose examples is self-conditioned still runs the estimate pass when another device's
+  example is (the decision is taken over the global batch, so every device runs the same branch)."""
+  batch = dict(make_batch(b=4), example_index=jnp.arange(4))
+  frac = lambda rng, lo: float(make_loss_fn(_closed_form_sc, SCHEDULE, self_condition_prob=0.2)(
+      _SC_PARAMS, rng, {k: v[lo:lo + 2] for k, v in batch.items()})[1]["self_cond_frac"])
+  rng = next(r for r in (jax.random.PRNGKey(s) for s in range(200)) if frac(r, 0) == 0 and frac(r, 2) > 0)
+  calls = []
+  loss_fn = make_loss_fn(_counting(calls), SCHEDULE, self_condition_prob=0.2, self_condition_mode="skip_if_unused")
+  sharded = jax.tree_util.tree_map(lambda x: np.asarray(x).reshape((2, 2) + x.shape[1:]), batch)
+  jax.pmap(lambda b: loss_fn(_SC_PARAMS, rng, b)[0], axis_name="batch", devices=jax.local_devices()[:2])(sharded)
+  jax.effects_barrier()
+  assert len(calls) == 2  # both devices ran the estimate pass
+
+
+def test_unknown_self_condition_mode_is_refused():
+  with pytest.raises(ValueError, match="self_condition_mode"):
+    make_loss_fn(lambda p, z, *a: z, SCHEDULE, self_condition_mode="sometimes")

@@ -3,6 +3,13 @@
 Written by hand (rather than `nn.MultiHeadDotProductAttention`, whose `__call__` in flax 0.12 takes no
 additive bias) so that the logits, the T5 bias and the softmax are all in float32 whatever the compute
 dtype, and so that masked keys get exactly zero weight (padding never leaks into valid outputs).
+
+`Attention(implementation=...)` can hand the core (logits, bias, mask, softmax, weighted sum) to
+`jax.nn.dot_product_attention` instead ("xla": the same maths as one XLA fusion-friendly call; "cudnn": the
+cuDNN fused kernel on NVIDIA GPUs, bf16/fp16 only; "auto": let JAX choose). It computes the same function: the
+logits and softmax are float32 there too and masked keys get a large negative logit (weight exactly 0 whenever a
+key is valid). It has no dropout on the probabilities, so while attention dropout is active (training with
+dropout > 0) the plain path runs whatever `implementation` says.
 """
 import math
 
@@ -13,6 +20,9 @@ import jax.numpy as jnp
 # Logit given to masked keys. Finite, so a query whose keys are all masked (an empty sequence) gets a
 # uniform, finite softmax instead of NaN; exp(NEG_INF - max) underflows to exactly 0 when any key is valid.
 NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+# `Attention.implementation` values, and what each passes to jax.nn.dot_product_attention.
+IMPLEMENTATIONS = {"plain": None, "xla": "xla", "cudnn": "cudnn", "auto": None}
 
 
 def relative_position_bucket(relative_position: jnp.ndarray, num_buckets: int = 32,
@@ -77,10 +87,13 @@ class Attention(nn.Module):
     num_heads: number of heads; the model width must be divisible by it.
     dropout: dropout rate on the attention probabilities (used when `deterministic` is False).
     dtype: compute dtype of the projections (params stay float32).
+    implementation: "plain" (the code below), or "xla", "cudnn", "auto" (jax.nn.dot_product_attention with
+      that implementation; see the module docstring). Same parameters whichever is chosen.
   """
   num_heads: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  implementation: str = "plain"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, memory: jnp.ndarray, key_mask: jnp.ndarray,
@@ -97,6 +110,9 @@ class Attention(nn.Module):
     Returns:
       [B, L, D] in `dtype`.
     """
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention implementation {self.implementation!r}; choose one of "
+                       f"{sorted(IMPLEMENTATIONS)}")
     dim = x.shape[-1]
     if dim % self.num_heads:
       raise ValueError(f"model width {dim} is not divisible by num_heads={self.num_heads}; "
@@ -107,6 +123,14 @@ class Attention(nn.Module):
     q = dense("query")(x)       # [B, L, H, Dh]
     k = dense("key")(memory)    # [B, M, H, Dh]
     v = dense("value")(memory)  # [B, M, H, Dh]
+    out_proj = nn.DenseGeneral(dim, axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                               name="out")
+    dropout_active = self.dropout > 0 and not deterministic
+    if self.implementation != "plain" and not dropout_active:
+      out = jax.nn.dot_product_attention(
+          q, k, v, bias=None if bias is None else bias.astype(jnp.float32), mask=key_mask[:, None, None, :],
+          implementation=IMPLEMENTATIONS[self.implementation])
+      return out_proj(out)
     logits = jnp.einsum("blhd,bmhd->bhlm", q, k, preferred_element_type=jnp.float32)
     logits = logits.astype(jnp.float32) / math.sqrt(head_dim)
     if bias is not None:
@@ -116,5 +140,4 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1)
     probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
     out = jnp.einsum("bhlm,bmhd->blhd", probs.astype(self.dtype), v)
-    return nn.DenseGeneral(dim, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                           param_dtype=jnp.float32, name="out")(out)
+    return out_proj(out)

@@ -6,6 +6,19 @@ coin) is drawn from that example's own key `fold_in(fold_in(rng, 0), example_ind
 step that hands each device the same `rng` and the examples' *global* indices therefore draws exactly
 what a single device would draw for the whole batch; since the loss is an equal-weight mean over
 examples, `lax.pmean` of the per-device losses (and gradients) equals the global ones.
+
+Self-conditioning costs an extra forward pass (the estimate) whenever it is used. `self_condition_mode` says
+how the coins are drawn and when that pass runs:
+- "per_example" (default): one coin per example; the estimate pass runs for the whole batch every step
+  (2 forward + 1 backward passes per step).
+- "per_batch": one coin per step, shared by every example and every device (drawn from the step key alone, as
+  the reference PyTorch code draws one per batch); when it says no, `lax.cond` skips the estimate pass
+  (1.5 forward + 1 backward passes per step on average at probability 0.5). Each example is still
+  self-conditioned with the configured probability, but the examples of a batch are no longer independent.
+- "skip_if_unused": per-example coins exactly as "per_example" (same draws, same loss and gradients), but the
+  estimate pass is skipped when no example of the *global* batch uses it (the count is summed over devices,
+  so every device takes the same branch). Only pays off when `batch × self_condition_prob` is small: at batch
+  64 and probability 0.5 a skip happens once in 2^64 steps.
 """
 from __future__ import annotations
 
@@ -14,12 +27,14 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from ldlg.engine import parallel
 from ldlg.methods.base import per_example_keys
 from ldlg.methods.gaussian import parameterization as param_lib
 from ldlg.methods.gaussian.denoise_fn import DenoiseFn
 from ldlg.methods.gaussian.schedules import Schedule, q_sample
 
 LOSS_TYPES = ("l2", "l1")
+SELF_CONDITION_MODES = ("per_example", "per_batch", "skip_if_unused")
 LossFn = Callable[[Any, jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -49,7 +64,8 @@ def _check_batch(batch: Mapping[str, jax.Array]) -> None:
 
 def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = "x0",
                  loss_type: str = "l2", self_condition_prob: float = 0.5, label_dropout: float = 0.1,
-                 num_classes: int = 0, train: bool = True) -> LossFn:
+                 num_classes: int = 0, train: bool = True,
+                 self_condition_mode: str = "per_example") -> LossFn:
   """Builds the diffusion training loss.
 
   Args:
@@ -63,6 +79,7 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
     num_classes: C > 0 for a class-conditional model (the batch must then hold "label"); 0 for an
       unconditional one (any "label" in the batch is ignored and class_id=None is passed).
     train: passed to `denoise_fn` (dropout on/off); False for an evaluation loss.
+    self_condition_mode: "per_example", "per_batch" or "skip_if_unused" (see the module docstring).
 
   Returns:
     loss_fn(params, rng, batch) -> (loss, metrics), jit-able, where
@@ -85,6 +102,8 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
     raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
   if num_classes < 0:
     raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+  if self_condition_mode not in SELF_CONDITION_MODES:
+    raise ValueError(f"unknown self_condition_mode {self_condition_mode!r}; choose one of {SELF_CONDITION_MODES}")
   num_timesteps = schedule.num_timesteps
 
   def loss_fn(params: Any, rng: jax.Array, batch: Mapping[str, jax.Array]):
@@ -118,15 +137,35 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
       class_id = jnp.where(drop, num_classes, batch["label"].astype(jnp.int32))
       metrics["null_label_frac"] = jnp.mean(drop.astype(jnp.float32))
 
-    if self_condition_prob > 0:
-      use_sc = jax.vmap(lambda k: jax.random.bernoulli(k, self_condition_prob))(k_sc)
-      first = denoise_fn(params, z_t, t, mask, None, None, class_id, train, k_drop1)
+    def estimate_pass(p):
+      first = denoise_fn(p, z_t, t, mask, None, None, class_id, train, k_drop1)
       # The estimate is an input, not a path for gradients (paper Sec. 4.2).
-      estimate = jax.lax.stop_gradient(param_lib.x0_from_output(objective, z_t, first, alpha_bar))
-      output = denoise_fn(params, z_t, t, mask, estimate, use_sc, class_id, train, k_drop2)
-    else:
+      return jax.lax.stop_gradient(param_lib.x0_from_output(objective, z_t, first, alpha_bar))
+
+    def estimate_pass_if(run):
+      # Only the estimate pass sits under lax.cond, on stop_gradient(params), so the cond is no part of the
+      # differentiated program: a cond around a differentiated pass keeps both branches' residuals and costs
+      # ~25% of a CPU step. Skipped, the estimate is zeros that no example reads (has_self_cond is False for
+      # all), and the second pass then gives exactly what self_cond=None would.
+      return jax.lax.cond(run, estimate_pass, lambda p: jnp.zeros_like(z_t), jax.lax.stop_gradient(params))
+
+    if self_condition_prob == 0:
       use_sc = jnp.zeros((batch_size,), bool)
       output = denoise_fn(params, z_t, t, mask, None, None, class_id, train, k_drop2)
+    else:
+      if self_condition_mode == "per_batch":
+        # Stream 2 of the step key: the same coin on every device and for every example.
+        coin = jax.random.bernoulli(jax.random.fold_in(rng, 2), self_condition_prob)
+        use_sc = jnp.broadcast_to(coin, (batch_size,))
+        estimate = estimate_pass_if(coin)
+      else:
+        use_sc = jax.vmap(lambda k: jax.random.bernoulli(k, self_condition_prob))(k_sc)
+        if self_condition_mode == "skip_if_unused":
+          # Summed over devices, so every device of a pmapped step takes the same branch.
+          estimate = estimate_pass_if(parallel.global_sum(jnp.sum(use_sc.astype(jnp.int32))) > 0)
+        else:
+          estimate = estimate_pass(params)
+      output = denoise_fn(params, z_t, t, mask, estimate, use_sc, class_id, train, k_drop2)
 
     target = param_lib.target_for_objective(objective, x0, noise, alpha_bar)
     err = output.astype(jnp.float32) - target
@@ -146,11 +185,12 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
 
 
 def loss_fn_from_config(denoise_fn: DenoiseFn, schedule: Schedule, diffusion_cfg: Any, *,
-                        num_classes: int = 0, train: bool = True) -> LossFn:
+                        num_classes: int = 0, train: bool = True,
+                 self_condition_mode: str = "per_example") -> LossFn:
   """The one place a run builds its loss: from `config.diffusion`.
 
-  Reads `objective` ("x0"), `loss_type` ("l2"), `self_condition_prob` (0.5) and `label_dropout` (0.1);
-  a missing field takes the default in brackets.
+  Reads `objective` ("x0"), `loss_type` ("l2"), `self_condition_prob` (0.5), `self_condition_mode`
+  ("per_example") and `label_dropout` (0.1); a missing field takes the default in brackets.
 
   Args:
     denoise_fn: the network as a `DenoiseFn`.
@@ -167,4 +207,4 @@ def loss_fn_from_config(denoise_fn: DenoiseFn, schedule: Schedule, diffusion_cfg
                       loss_type=get("loss_type", "l2"),
                       self_condition_prob=float(get("self_condition_prob", 0.5)),
                       label_dropout=float(get("label_dropout", 0.1)), num_classes=int(num_classes),
-                      train=train)
+                      train=train, self_condition_mode=get("self_condition_mode", "per_example"))

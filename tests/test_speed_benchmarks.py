@@ -1,0 +1,94 @@
+"""The speed tools: FLOP counting as the benchmark relies on it, no recompilation in any hot loop, the
+accelerator check's MFU and its command."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import e2e
+from configs import tiny
+from ldlg.benchmarks import accelerator
+from ldlg.benchmarks import roofline
+from ldlg.benchmarks import speed
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_xla_counts_a_matmul_exactly_and_a_loop_body_once():
+  """The benchmark multiplies loop bodies by their trip counts because XLA counts a body once: if a JAX
+  upgrade starts counting trip counts, this fails and the multiplication must go."""
+  x = jnp.ones((64, 128))
+  w = jnp.ones((128, 128))
+  one = roofline.xla_flops(lambda x, w: x @ w, x, w)
+  assert one == 2 * 64 * 128 * 128
+  scanned = roofline.xla_flops(lambda x, w: jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=10)[0], x, w)
+  assert abs(scanned - one) / one < 0.01
+
+
+def test_trace_counter_counts_traces_not_calls():
+  counter = roofline.TraceCounter()
+  f = jax.jit(counter.wrap(lambda x: x * 2))
+  for _ in range(3):
+    f(jnp.ones(3))
+  assert counter.count == 1
+  f(jnp.ones(4))  # a new shape is a new trace
+  assert counter.count == 2
+
+
+@pytest.mark.slow
+def test_every_hot_loop_compiles_once_and_reports_its_rate():
+  config = tiny.get_config()
+  config.sample.num_steps = 3
+  result = speed.benchmark(config, length=8, quick=True, repeats=1, matmul_n=128)
+  json.dumps(result)  # JSON-able
+  for part in speed.PARTS:
+    r = result[part]
+    assert r["traces"] == 1, (part, r["traces"])  # calls and the cost-analysis lowering share one trace
+    assert r["flops"] > 0 and r["flops_per_s"] > 0 and r["roofline_fraction"] > 0, part
+  assert result["sample"]["num_steps"] == 20  # --quick samples 20 steps, whatever the config says
+  # The decode is forced to full length, so its FLOPs are those of (max_decode_length - 1) steps, each more than
+  # the LM head alone (rows x d_model x vocab multiply-adds).
+  rows = result["decode"]["batch"] * result["decode"]["num_beams"]
+  lm_head = 2 * rows * config.autoencoder.d_model * config.autoencoder.vocab_size
+  assert result["decode"]["flops"] > (result["decode"]["decode_length"] - 1) * lm_head
+
+
+def test_peak_table_finds_the_devices_by_kind():
+  assert accelerator.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert accelerator.peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert accelerator.peak_tflops("NVIDIA H200") == 989.0
+  assert accelerator.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+  assert accelerator.peak_tflops("TPU v4") == 275.0
+  assert accelerator.peak_tflops("TPU v5 lite") == 197.0
+  assert accelerator.peak_tflops("cpu") is None
+
+
+@pytest.mark.slow
+def test_accelerator_check_command_runs_tiny_on_cpu(tmp_path):
+  """The launch command end to end on a tiny model: MFU is achieved FLOP/s over the given peak, no recompiles."""
+  out = tmp_path / "check.json"
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, str(REPO / "launch" / "accelerator_check.py"), "--tiny",
+                         "--peak_tflops=0.5", f"--out={out}"], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "MFU" in proc.stdout
+  result = json.loads(out.read_text())
+  assert result["peak_source"] == "--peak_tflops" and result["dtype"] == "bfloat16"
+  assert result["model"]["dim"] == 32  # shrunk
+  peak = 0.5e12 * result["num_devices"]
+  for part in ("train", "sample"):
+    r = result[part]
+    assert r["traces"] == 1
+    assert r["mfu"] == pytest.approx(r["flops_per_s"] / peak, rel=1e-9)
+
+
+def test_shrink_keeps_the_paper_structure():
+  config = accelerator.shrink(e2e.get_config())
+  assert config.model.num_layers == 2 and config.model.dim == 32
+  assert config.diffusion.self_condition_prob == 0.5 and config.sample.sampler == "ddim"
