@@ -341,6 +341,8 @@ def _sample(c: Checker) -> None:
   if _is_gaussian(c):
     from ldlg.methods.gaussian import samplers  # pylint: disable=g-import-not-at-top
     c.choice("sample.sampler", samplers.ALL_SAMPLERS)
+    from ldlg.methods.gaussian import losses as gaussian_losses  # pylint: disable=g-import-not-at-top
+    c.choice("diffusion.self_condition_mode", gaussian_losses.SELF_CONDITION_MODES)
     if c.get("sample.sampler") == "ddpm" and c.has("sample.num_steps") and c.get("sample.num_steps") != T:
       c.add("sample.num_steps", c.get("sample.num_steps"),
             f"config.diffusion.num_timesteps={T} for the ddpm sampler (it visits every step)",

@@ -31,17 +31,19 @@ class GeGLU(nn.Module):
     hidden_dim: width of the gated hidden layer (ff_mult * dim).
     dropout: dropout on the gated hidden layer, as in the reference x-transformers feed-forward.
     dtype: compute dtype (params stay float32).
+    gelu_approximate: tanh GELU (default; Flax's) or the exact erf GELU (PyTorch's nn.GELU, the official code).
   """
   hidden_dim: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  gelu_approximate: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
     """x: [B, L, D] -> [B, L, D] in `dtype`."""
     a, gate = jnp.split(nn.Dense(2 * self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32,
                                  name="wi")(x), 2, axis=-1)
-    h = a * nn.gelu(gate)
+    h = a * nn.gelu(gate, approximate=self.gelu_approximate)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     return nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name="wo")(h)
 
@@ -78,6 +80,7 @@ class DenoiserBlock(nn.Module):
     dtype: compute dtype; the residual stream is kept in float32.
     attention_impl: `Attention.implementation` of both attentions ("plain", "xla", "cudnn", "auto").
     remat: recompute activations in the backward pass (see the module docstring).
+    gelu_approximate: the GeGLU's GELU: tanh (default) or exact.
   """
   num_heads: int
   ff_mult: int = 4
@@ -85,6 +88,7 @@ class DenoiserBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
   attention_impl: str = "plain"
   remat: bool = False
+  gelu_approximate: bool = True
 
   def __call__(self, h: jnp.ndarray, mask: jnp.ndarray, rel_bias: jnp.ndarray, memory: jnp.ndarray,
                memory_mask: jnp.ndarray, time_act: jnp.ndarray, *, deterministic: bool = True
@@ -119,7 +123,8 @@ class DenoiserBlock(nn.Module):
     x = _layer_norm("ln_cross")(h)
     h = h + attn("cross_attn")(x, memory, memory_mask, deterministic=deterministic).astype(jnp.float32)
     x = _layer_norm("ln_ff")(h)
-    u = GeGLU(self.ff_mult * h.shape[-1], self.dropout, self.dtype, name="ff")(x, deterministic=deterministic)
+    u = GeGLU(self.ff_mult * h.shape[-1], self.dropout, self.dtype, self.gelu_approximate, name="ff")(
+        x, deterministic=deterministic)
     return h + AdaLayerNorm(self.dtype, name="ada_ln")(u, time_act)
 
 

@@ -37,13 +37,10 @@ parameters and outputs are exactly the first version's above):
   N(0,1) times sqrt(head width) in the forward pass, the position table N(0,1) times dim^-1/2 in the forward
   pass, the null self-conditioning vector and the class table N(0,1) (PyTorch nn.Embedding).
 - `head_dim`: fixes the head width (official: 64), so the number of heads is dim // head_dim.
-- `gelu_approximate=False`: exact (erf) GELU as PyTorch's nn.GELU, in the time MLP and its heads. The GeGLU
-  inside `blocks.DenoiserBlock` follows once that block takes a `gelu_approximate` field (passed when present).
+- `gelu_approximate=False`: exact (erf) GELU as PyTorch's nn.GELU, in the time MLP, its heads and every GeGLU.
 """
-import dataclasses
 import math
 
-from absl import logging
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -56,8 +53,6 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TIME_INPUTS = ("t", "alpha_bar", "log_snr")
 SELF_COND_MODES = ("cross_attention", "concat")
 INIT_SCALES = ("default", "official_v1")
-# Whether this version of DenoiserBlock can switch its GeGLU to the exact GELU.
-_BLOCK_TAKES_GELU = "gelu_approximate" in {f.name for f in dataclasses.fields(DenoiserBlock)}
 
 
 def noise_level_table(time_input: str, alphas_cumprod: np.ndarray) -> np.ndarray:
@@ -102,7 +97,11 @@ class Denoiser(nn.Module):
     unet_skip_count: how many (0 = num_layers // 2); at most num_layers // 2.
     init_scales: "default" or "official_v1" (module docstring).
     head_dim: attention head width; 0 = dim // num_heads (default); else num_heads = dim // head_dim.
-    gelu_approximate: tanh GELU (default) or exact GELU (False).
+    gelu_approximate: tanh GELU (default) or exact GELU (False), in the time MLP and every GeGLU.
+    attention_impl: "plain" (default), or "xla" / "cudnn" / "auto" through jax.nn.dot_product_attention (fused
+      on GPU; see attention.py).
+    remat: recompute each block's activations in the backward pass (memory for compute; the paper config on
+      accelerators).
   """
   latent_dim: int = 768
   dim: int = 768
@@ -127,6 +126,8 @@ class Denoiser(nn.Module):
   init_scales: str = "default"
   head_dim: int = 0
   gelu_approximate: bool = True
+  attention_impl: str = "plain"
+  remat: bool = False
 
   @property
   def heads(self) -> int:
@@ -151,9 +152,6 @@ class Denoiser(nn.Module):
     if self.unet_skips and not 1 <= self.skip_count <= self.num_layers // 2:
       raise ValueError(f"Denoiser.unet_skip_count={self.unet_skip_count} must be in [1, num_layers // 2 = "
                        f"{self.num_layers // 2}] (0 = num_layers // 2); U-Net skips need num_layers >= 2.")
-    if not self.gelu_approximate and not _BLOCK_TAKES_GELU:
-      logging.warning("Denoiser.gelu_approximate=False: the time MLP uses the exact GELU, but this version of "
-                      "blocks.DenoiserBlock has no gelu_approximate field, so its GeGLU keeps the tanh GELU.")
 
   def _check(self, z_t, t, mask, self_cond, has_self_cond, class_id):
     """Shape checks with messages that say what to pass instead (static, so free under jit)."""
@@ -292,7 +290,7 @@ class Denoiser(nn.Module):
     else:
       rel_bias = RelativePositionBias(heads, self.rel_pos_buckets, self.rel_pos_max_distance,
                                       name="rel_pos_bias")(length)
-    block_kw = {} if self.gelu_approximate or not _BLOCK_TAKES_GELU else {"gelu_approximate": False}
+    block_kw = dict(gelu_approximate=self.gelu_approximate, attention_impl=self.attention_impl, remat=self.remat)
     skips = self.skip_count
     stash = []
     for i in range(self.num_layers):
