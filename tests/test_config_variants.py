@@ -16,7 +16,10 @@ NEW_MODEL_FIELDS = ("time_input", "noise_schedule", "latent_scale", "self_cond_m
 def test_plain_configs_have_none_of_the_new_fields(arg):
   config = sst.get_config(arg)
   assert not set(NEW_MODEL_FIELDS) & set(config.model)
-  assert "latent_scale" not in config.diffusion and "self_condition_mode" not in config.diffusion
+  assert "latent_scale" not in config.diffusion
+  # Present with the value that reproduces the old behaviour, which a saved config without it matches
+  # (ldlg.engine.workdir.ADDED_FIELD_DEFAULTS).
+  assert config.diffusion.get("self_condition_mode", "per_example") == "per_example"
   assert "ema_power" not in config.train and "decay_mask" not in config.optim
   assert config.autoencoder.max_decode_length == config.data.max_length + 1
 

@@ -227,3 +227,16 @@ def test_changed_config_on_resume_names_the_fields(tmp_path):
   with pytest.raises(ValueError, match=r"(?s)model\.dim: saved 32, now 64.*train\.batch_size: saved 8, now 16") as e:
     pipeline.run("train", changed, wd)
   assert "num_steps" not in str(e.value)
+
+
+def test_workdir_made_before_a_field_was_added_still_resumes():
+  """A saved config without a later-added field matches a current one holding its behaviour-preserving value;
+  any other value of it is a difference."""
+  from ldlg.engine import workdir as workdir_lib
+  current = json.loads(tiny_config().to_json())
+  saved = json.loads(tiny_config().to_json())
+  del saved["diffusion"]["self_condition_mode"]
+  assert workdir_lib.config_differences(saved, current) == []
+  current["diffusion"]["self_condition_mode"] = "per_batch"
+  assert workdir_lib.config_differences(saved, current) == [
+      "diffusion.self_condition_mode: saved '<absent>', now 'per_batch'"]

@@ -20,6 +20,7 @@ import ml_collections
 # Fields that may change between runs in one workdir: they steer how long to run or how to sample, not what
 # the model, data or latents are. Everything else must match the saved config.
 MUTABLE_FIELDS = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
+                  "train.divergence_factor", "train.divergence_patience",
                   "train.sample_every", "train.num_log_samples", "sample.", "eval.", "autoencoder.num_beams",
                   "autoencoder.repetition_penalty", "autoencoder.no_repeat_ngram_size",
                   "autoencoder.length_penalty", "autoencoder.max_decode_length",
@@ -78,12 +79,20 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
   return out
 
 
+# Fields added to the configs after workdirs were made, with the value that reproduces the behaviour from before
+# they existed: a saved config without the field matches a current one holding this value.
+ADDED_FIELD_DEFAULTS = {"diffusion.self_condition_mode": "per_example", "train.ema_power": 0.0,
+                        "optim.decay_mask": "all", "optim.end_lr_fraction": 0.0}
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields (dotted names) whose values differ and that may not change within a workdir."""
   saved_flat, current_flat = flatten(saved), flatten(current)
   differing = []
   for key in sorted(set(saved_flat) | set(current_flat)):
     if any(key == m or (m.endswith(".") and key.startswith(m)) for m in MUTABLE_FIELDS):
+      continue
+    if key not in saved_flat and key in ADDED_FIELD_DEFAULTS and current_flat.get(key) == ADDED_FIELD_DEFAULTS[key]:
       continue
     if saved_flat.get(key, "<absent>") != current_flat.get(key, "<absent>"):
       differing.append(f"{key}: saved {saved_flat.get(key, '<absent>')!r}, now {current_flat.get(key, '<absent>')!r}")
