@@ -16,9 +16,18 @@ import ml_collections
 from ldlg.engine import checkpoints
 
 
+# Bookkeeping fields that do not change what a run computes (how often it logs or saves, how many checkpoints it
+# keeps, when it warns): left out of the provenance hash, so changing them does not make results stale.
+BOOKKEEPING_FIELDS = {"train": ("log_every", "ckpt_every", "keep_checkpoints", "sample_every", "num_log_samples",
+                                "divergence_factor", "divergence_patience")}
+
+
 def config_hash(config: ml_collections.ConfigDict, *, without: tuple[str, ...] = ()) -> str:
-  """A short hash of the config's JSON, leaving out the named top-level sections."""
+  """A short hash of the config's JSON, leaving out the named top-level sections and the bookkeeping fields."""
   data = {k: v for k, v in json.loads(config.to_json()).items() if k not in without}
+  for section, fields in BOOKKEEPING_FIELDS.items():
+    if isinstance(data.get(section), dict):
+      data[section] = {k: v for k, v in data[section].items() if k not in fields}
   return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
