@@ -230,6 +230,7 @@ def test_empty_generations_are_redrawn(trained, monkeypatch):
   assert [r["round"] for r in records] == [1, 0, 1, 0] and all(r["text"] for r in records)
 
 
+@pytest.mark.extended
 def test_wall_time_cap_sigterm_and_exact_resume(tok, tmp_path, monkeypatch):
   """A run stopped by its wall-time cap, resumed, stopped by SIGTERM, resumed again, ends where an
   uninterrupted run ends."""

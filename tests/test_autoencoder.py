@@ -291,6 +291,7 @@ def test_batches_depend_on_step_only(tok, sentences):
 
 # ------------------------------------------------------------------------------ pretraining (slow)
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_pretrain_reconstructs_and_reloads(sentences, tmp_path):
   cfg = pretrain.default_autoencoder_config()
@@ -317,6 +318,7 @@ def test_pretrain_reconstructs_and_reloads(sentences, tmp_path):
   assert exact == pytest.approx(scores["train"][beam]["exact_match"])
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_pretrain_resume_equals_uninterrupted(sentences, tmp_path):
   cfg = pretrain.default_autoencoder_config()

@@ -76,6 +76,7 @@ def _cfg(num_steps):
   return cfg
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_training_through_frozen_bart_resumes_exactly(tiny_bart, tmp_path):
   ae, texts = tiny_bart

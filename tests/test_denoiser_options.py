@@ -227,6 +227,7 @@ def _job(model, b=8, l=6):
                           init_rng=jax.random.PRNGKey(1), rng=rng, ema_decay=0.99), host_batch
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_all_options_two_device_step_equals_one_device_step():
   assert jax.local_device_count() >= 2, "conftest.py should force 2 host CPU devices"
@@ -252,6 +253,7 @@ def test_all_options_two_device_step_equals_one_device_step():
   assert max(jax.tree_util.tree_leaves(moved)) > 5e-4
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_all_options_resume_is_exact(tmp_path):
   """stop_at=2 then resume to 4 steps gives the parameters of 4 uninterrupted steps, bit for bit."""

@@ -1,23 +1,20 @@
-"""The diagnostics benchmark on a tiny trained run (configs/tiny.py through the pipeline's stages, few steps)."""
+"""The diagnostics benchmark on a tiny trained run (the shared CLI run of configs/tiny.py)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from configs import tiny
-from ldlg import pipeline
 from ldlg.benchmarks import diagnostics
 from ldlg.engine.workdir import Workdir
 
 
 @pytest.mark.slow
-def test_diagnostics_on_a_tiny_run(tmp_path, data_dir):
+def test_diagnostics_on_a_tiny_run(tiny_cli_run, tmp_path):
   config = tiny.get_config()
-  config.autoencoder.num_steps = 10
-  config.train.update(num_steps=4, ckpt_every=4, log_every=2)
   wd = Workdir(tmp_path / "run")
-  for stage in ("pretrain_autoencoder", "precompute", "train"):
-    pipeline.run(stage, config, wd.root, data_dir=data_dir)
+  shutil.copytree(tiny_cli_run, wd.root, symlinks=True)  # The diagnostics write into the run's folder.
   result = diagnostics.run_diagnostics(wd.root, num_examples=6, num_timesteps=3, noise_scales=(0.0, 0.5, 100.0))
   assert result["num_examples"] == 6
   saved = json.loads((wd.root / "diagnostics.json").read_text())

@@ -9,16 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from ldlg.engine import signals
+from tests.helpers import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="")  # One device, as users run it.
-
-
 def cli(workdir, data_dir, *args, mode="pipeline"):
   return [sys.executable, "-m", "ldlg.main", "--config=configs/tiny.py", f"--workdir={workdir}", f"--mode={mode}",
           f"--data_dir={data_dir}", *args]
@@ -29,15 +27,7 @@ def run(cmd, timeout=600):
 
 
 def interrupt_when(cmd, ready, sig, timeout=600):
-  """Starts cmd, waits until ready() is true, sends sig; returns (returncode, output)."""
-  proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None and not ready():
-    time.sleep(0.05)
-  assert proc.poll() is None, f"finished before the fault could be injected:\n{proc.stdout.read()[-3000:]}"
-  proc.send_signal(sig)
-  out = proc.communicate(timeout=timeout)[0]
-  return proc.returncode, out
+  return subprocesses.interrupt_when(cmd, ready, sig, cwd=REPO, env=ENV, timeout=timeout)
 
 
 def log_steps(path: pathlib.Path) -> list[int]:
@@ -52,12 +42,10 @@ def log_steps(path: pathlib.Path) -> list[int]:
   return steps
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
-  wd = tmp_path_factory.mktemp("reference") / "wd"
-  result = run(cli(wd, data_dir))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return wd
+@pytest.fixture
+def reference(tiny_cli_run):
+  """The uninterrupted run (shared with other tests: read it, never write to it)."""
+  return tiny_cli_run
 
 
 @pytest.mark.slow
@@ -81,9 +69,11 @@ def test_interrupted_and_resumed_pipeline_equals_uninterrupted(reference, tmp_pa
     arrays = [p for p in (wd / "checkpoints" / str(steps[-1]) / "state").rglob("*") if p.is_file()]
     victim = max(arrays, key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-  # 4. SIGTERM during sampling, after the first batch is saved; then the final rerun.
+  # 4. SIGTERM once sampling has begun (the partial-samples file appears): the batch in flight is finished and
+  # saved; then the final rerun resumes after it.
   code, out = interrupt_when(faulty(), lambda: (wd / "samples.partial.jsonl").exists(), signal.SIGTERM)
   assert code == signals.EXIT_CODE_INTERRUPTED, out[-3000:]
+  assert "sampling was interrupted after" in out, out[-3000:]
   if len(steps) > 1:
     assert f"step {steps[-1]}" in out and "damaged" in out
   final = run(faulty())

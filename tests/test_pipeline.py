@@ -14,11 +14,10 @@ from ldlg.engine.workdir import Workdir
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end(tmp_path, data_dir, caplog):
+def test_tiny_pipeline_end_to_end(tiny_cli_run, data_dir, caplog):
+  """The CLI's tiny pipeline run (one device, tests/conftest.py) wrote everything a user reads."""
   config = tiny.get_config()
-  wd = Workdir(tmp_path / "wd")
-  pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
-
+  wd = Workdir(tiny_cli_run)
   assert (wd.autoencoder_dir / "reconstruction.json").exists()
   manifest = json.loads((wd.latents_dir("validation") / "manifest.json").read_text())
   assert manifest["complete"] and manifest["num_examples"] == config.data.max_examples
@@ -41,7 +40,8 @@ def test_tiny_pipeline_end_to_end(tmp_path, data_dir, caplog):
   # checked against closed forms in tests/test_continuous_time.py).
   assert all(math.isfinite(latent_nll[k]) for k in ("ode_nll_per_dim", "vlb_per_dim", "ode_nll_per_token"))
 
-  # Same seed, same texts: sample again from the same checkpoint.
+  # Same seed, same texts: sample again from the same checkpoint, in this process, which has 2 devices (the run
+  # had one): the samples do not depend on the device count.
   sampler = TextSampler.from_workdir(config, wd)
   again = sampler.sample(sampler.load_params(), num_samples=config.sample.num_samples, seed=config.sample.seed)
   assert [r["text"] for r in again] == [r["text"] for r in records]
@@ -53,13 +53,9 @@ def test_tiny_pipeline_end_to_end(tmp_path, data_dir, caplog):
 
 
 @pytest.mark.slow
-def test_colab_notebook_cells_run(tmp_path, data_dir):
+def test_colab_notebook_cells_run(tiny_cli_run):
   """The sampling notebook's code (install cells aside) runs against a real workdir."""
-  config = tiny.get_config()
-  config.train.num_steps = 4
-  wd = Workdir(tmp_path / "wd")
-  for stage in ("pretrain_autoencoder", "precompute", "train"):
-    pipeline.run(stage, config, wd.root, data_dir=data_dir)
+  wd = Workdir(tiny_cli_run)
   notebook = json.loads((pathlib.Path(__file__).parents[1] / "launch" / "sample_colab.ipynb").read_text())
   namespace = {}
   for cell in notebook["cells"]:

@@ -23,6 +23,7 @@ from ldlg.networks.denoiser import Denoiser
 NUM_CLASSES = 2
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_two_device_step_equals_one_device_step():
   assert jax.local_device_count() >= 2, "conftest.py should force 2 host CPU devices"

@@ -11,6 +11,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_quality_benchmark_smoke(tmp_path, data_dir):
   cmd = [sys.executable, "-m", "ldlg.benchmarks.quality", f"--workdir={tmp_path}", f"--data_dir={data_dir}",

@@ -7,7 +7,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -27,6 +26,7 @@ from ldlg.methods.gaussian.method import GaussianDiffusion
 from ldlg.data import precompute as precompute_lib
 from ldlg.data import testing as data_testing
 from ldlg.engine.workdir import Workdir
+from tests.helpers import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -120,18 +120,13 @@ def test_sigterm_then_resume_is_bit_identical_to_uninterrupted(latents_root, tmp
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
 
   interrupted = workdir_with_latents(tmp_path / "a", latents_root)
-  proc = subprocess.Popen(_main_cmd(interrupted, *overrides), cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  deadline = time.time() + 240
-  while time.time() < deadline:  # Wait until training is under way (a few steps logged), then preempt.
-    if interrupted.metrics_file.exists() and len(interrupted.metrics_file.read_text().splitlines()) >= 3:
-      break
-    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGTERM)
-  out = proc.communicate(timeout=240)[0].decode()
+  # Preempt once training is under way (a few steps logged).
+  code, out = subprocesses.interrupt_when(
+      _main_cmd(interrupted, *overrides),
+      lambda: interrupted.metrics_file.exists() and len(interrupted.metrics_file.read_text().splitlines()) >= 3,
+      signal.SIGTERM, cwd=REPO, env=env, timeout=240)
   # Saved, then a non-zero exit that says what happened and what to do (not "0": the run is not finished).
-  assert proc.returncode == signals.EXIT_CODE_INTERRUPTED, out[-3000:]
+  assert code == signals.EXIT_CODE_INTERRUPTED, out[-3000:]
   assert "interrupted" in out and "rerun" in out, out[-3000:]
   stopped_at, _ = final_params(interrupted)
   assert 3 <= stopped_at < num_steps, f"the SIGTERM should have stopped training early (at {stopped_at})"

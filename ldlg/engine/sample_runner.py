@@ -9,6 +9,7 @@ offset in the batch, and a method that draws its noise for the whole batch and s
 samplers do, see ldlg/methods/gaussian/noise.py) gives the same samples on any number of devices.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -116,52 +117,50 @@ class SampleRunner:
     todo = list(range(num_samples))
     results: dict[int, dict] = {}
     empties = 0
-    partial = open(partial_path, "a", encoding="utf-8") if partial_path else None
-    try:
-      with signals.StopSignal() as stop:
-        for round_ in range(max_redraws + 1):
-          if not todo:
-            break
-          bar = progress_bar(total=len(todo), desc=f"sample (round {round_})", disable=not progress)
-          for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            cls = None
-            if class_ids is not None:
-              cls = np.zeros((batch_size,), np.int32)
-              cls[:len(idx)] = class_ids[idx]
-            inputs, fields = self.make_inputs(rng_np, batch_size, cls)  # Always: it advances the host draws.
-            if (round_, start) in done_batches:
-              batch_records, batch_empties = done_batches[(round_, start)]
-            else:
-              batch_key = jax.random.fold_in(jax.random.fold_in(key, round_), start)
-              outputs = p_sample(replicated, batch_key, parallel.shard_batch(inputs, n_dev))
-              outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]),
-                                     jax.device_get(outputs))
-              texts = self.decode(outputs, inputs)
-              batch_records, batch_empties = [], 0
-              for j, i in enumerate(idx):
-                text = texts[j].strip()
-                if text:
-                  batch_records.append({"index": i, "text": text, **fields[j], "round": round_})
-                else:
-                  batch_empties += 1
-              if partial:
-                partial.write(json.dumps({"key": partial_key, "round": round_, "start": start,
-                                          "records": batch_records, "empties": batch_empties},
-                                         ensure_ascii=False) + "\n")
-                partial.flush()
-            empties += batch_empties
-            for record in batch_records:
-              results[record["index"]] = record
-            bar.update(len(idx))
-            if stop.received:
-              raise signals.Interrupted(f"sampling was interrupted after {len(results)} of {num_samples} samples "
-                                        "(progress saved)")
-          bar.close()
-          todo = [i for i in todo if i not in results]
-    finally:
-      if partial:
-        partial.close()
+    # The stop handler is installed before the partial file appears: a stop signal that comes once the file
+    # exists always lets the batch in flight finish and be saved.
+    with signals.StopSignal() as stop, contextlib.ExitStack() as files:
+      partial = files.enter_context(open(partial_path, "a", encoding="utf-8")) if partial_path else None
+      for round_ in range(max_redraws + 1):
+        if not todo:
+          break
+        bar = progress_bar(total=len(todo), desc=f"sample (round {round_})", disable=not progress)
+        for start in range(0, len(todo), batch_size):
+          idx = todo[start:start + batch_size]
+          cls = None
+          if class_ids is not None:
+            cls = np.zeros((batch_size,), np.int32)
+            cls[:len(idx)] = class_ids[idx]
+          inputs, fields = self.make_inputs(rng_np, batch_size, cls)  # Always: it advances the host draws.
+          if (round_, start) in done_batches:
+            batch_records, batch_empties = done_batches[(round_, start)]
+          else:
+            batch_key = jax.random.fold_in(jax.random.fold_in(key, round_), start)
+            outputs = p_sample(replicated, batch_key, parallel.shard_batch(inputs, n_dev))
+            outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]),
+                                   jax.device_get(outputs))
+            texts = self.decode(outputs, inputs)
+            batch_records, batch_empties = [], 0
+            for j, i in enumerate(idx):
+              text = texts[j].strip()
+              if text:
+                batch_records.append({"index": i, "text": text, **fields[j], "round": round_})
+              else:
+                batch_empties += 1
+            if partial:
+              partial.write(json.dumps({"key": partial_key, "round": round_, "start": start,
+                                        "records": batch_records, "empties": batch_empties},
+                                       ensure_ascii=False) + "\n")
+              partial.flush()
+          empties += batch_empties
+          for record in batch_records:
+            results[record["index"]] = record
+          bar.update(len(idx))
+          if stop.received:
+            raise signals.Interrupted(f"sampling was interrupted after {len(results)} of {num_samples} samples "
+                                      "(progress saved)")
+        bar.close()
+        todo = [i for i in todo if i not in results]
     if todo:
       logging.warning("%d of %d samples were still empty after %d re-draws; they are written as empty text.",
                       len(todo), num_samples, max_redraws)
