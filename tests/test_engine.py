@@ -5,6 +5,8 @@ log is trimmed on resume, and registries fail naming the choices."""
 import itertools
 import json
 import logging
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +76,21 @@ def test_resume_equals_uninterrupted_and_log_is_trimmed(tmp_path):
   log_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
   log_b = [l for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines() if json.loads(l)["step"] != 5]
   assert log_a == log_b
+
+
+def test_a_stop_signal_at_any_point_of_a_step_ends_with_a_checkpoint(tmp_path):
+  # The SIGTERM lands late in step 3: after the step decided not to save (ckpt_every=4), while its hooks run
+  # (the same window as writing the log line, where the CLI test's poller fires). The run must still stop
+  # with a checkpoint, at step 4, and resume to the uninterrupted result.
+  sigterm_in_step_3 = (3, lambda step, get_state: os.kill(os.getpid(), signal.SIGTERM))
+  first = trainer.train(toy_job(), toy_run(tmp_path / "b", hooks=[sigterm_in_step_3]))
+  assert first.stopped_by == "signal" and first.step == 4
+  assert checkpoints.Checkpointer(tmp_path / "b" / "checkpoints").latest_step() == 4
+  second = trainer.train(toy_job(), toy_run(tmp_path / "b"))
+  assert second.resumed_from == 4 and second.step == 12
+  straight = trainer.train(toy_job(), toy_run(tmp_path / "a"))
+  for a, b in zip(leaves(straight.state), leaves(second.state)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_two_devices_equal_one(tmp_path):

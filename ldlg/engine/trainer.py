@@ -332,7 +332,10 @@ def _loop(job, run, state, ckpt, devices, start_step, seconds_before) -> TrainRe
           jax.block_until_ready(metrics["loss"])
         bar.update(1)
         out_of_time = bool(run.max_seconds) and elapsed() >= run.max_seconds
-        at_end = step == run.num_steps or stop.received or step == run.stop_at or out_of_time
+        # Read the flag once per step: a signal that lands after this line (say, while the log line is written)
+        # is acted on after the next step, never by a stop without the save this step decided to skip.
+        signalled = stop.received
+        at_end = step == run.num_steps or signalled or step == run.stop_at or out_of_time
         if step % run.log_every == 0 or at_end or step % run.ckpt_every == 0:
           fetched = _fetch(pending)
           pending = []
@@ -358,7 +361,7 @@ def _loop(job, run, state, ckpt, devices, start_step, seconds_before) -> TrainRe
             hook(step, lambda: parallel.unreplicate(state))
         if out_of_time and not stopped_by:
           stopped_by = "max_seconds"
-        if stop.received:
+        if signalled:
           stopped_by = "signal"
           logging.warning("%s: stopped by %s after saving step %d; re-run the same command to resume.",
                           run.desc, stop.signal_name, step)
