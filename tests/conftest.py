@@ -66,9 +66,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ------------------------------------------------------------------------------------------- shared runs
-# The CLI as users run it: one CPU device, the repository on the path.
-CLI_ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
-
 
 @pytest.fixture(scope="session")
 def tiny_cli_run(tmp_path_factory, data_dir) -> pathlib.Path:
@@ -79,8 +76,7 @@ def tiny_cli_run(tmp_path_factory, data_dir) -> pathlib.Path:
   file lock makes the second worker wait for the first one's run instead of repeating it.
   """
   import filelock  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
+  from tests.helpers import subprocesses  # pylint: disable=import-outside-toplevel  (after the env set-up above)
   run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
   if run_id:  # Each worker's basetemp is <shared>/popen-gwN.
     root = tmp_path_factory.getbasetemp().parent / f"tiny_cli_run-{run_id}"
@@ -91,9 +87,7 @@ def tiny_cli_run(tmp_path_factory, data_dir) -> pathlib.Path:
   with filelock.FileLock(str(root / "lock")):
     if not done.exists():
       shutil.rmtree(wd, ignore_errors=True)  # A failed attempt's leftovers.
-      cmd = [sys.executable, "-m", "ldlg.main", "--config=configs/tiny.py", f"--workdir={wd}", "--mode=pipeline",
-             f"--data_dir={data_dir}"]
-      result = subprocess.run(cmd, cwd=REPO_ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=900)
+      result = subprocesses.run_cli(subprocesses.cli_command(wd, f"--data_dir={data_dir}"), timeout=900)
       assert result.returncode == 0, result.stderr[-3000:]
       done.touch()
   return wd

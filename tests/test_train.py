@@ -5,8 +5,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -27,8 +25,6 @@ from ldlg.data import precompute as precompute_lib
 from ldlg.data import testing as data_testing
 from ldlg.engine.workdir import Workdir
 from tests.helpers import subprocesses
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**train_overrides):
@@ -108,8 +104,7 @@ def test_pmap_two_devices_equals_one_device(latents_root, tmp_path):
 
 
 def _main_cmd(wd: Workdir, *overrides: str) -> list[str]:
-  return [sys.executable, "-m", "ldlg.main", "--config=configs/tiny.py", f"--workdir={wd.root}", "--mode=train",
-          *overrides]
+  return subprocesses.cli_command(wd.root, *overrides, mode="train")
 
 
 @pytest.mark.slow
@@ -117,27 +112,27 @@ def test_sigterm_then_resume_is_bit_identical_to_uninterrupted(latents_root, tmp
   num_steps = 200
   overrides = (f"--config.train.num_steps={num_steps}", "--config.train.log_every=1",
                f"--config.train.ckpt_every={num_steps}")
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  env = dict(subprocesses.CLI_ENV, XLA_FLAGS=os.environ["XLA_FLAGS"])  # Two devices: resume under pmap.
 
   interrupted = workdir_with_latents(tmp_path / "a", latents_root)
   # Preempt once training is under way (a few steps logged).
   code, out = subprocesses.interrupt_when(
       _main_cmd(interrupted, *overrides),
       lambda: interrupted.metrics_file.exists() and len(interrupted.metrics_file.read_text().splitlines()) >= 3,
-      signal.SIGTERM, cwd=REPO, env=env, timeout=240)
+      signal.SIGTERM, env=env, timeout=240)
   # Saved, then a non-zero exit that says what happened and what to do (not "0": the run is not finished).
   assert code == signals.EXIT_CODE_INTERRUPTED, out[-3000:]
   assert "interrupted" in out and "rerun" in out, out[-3000:]
   stopped_at, _ = final_params(interrupted)
   assert 3 <= stopped_at < num_steps, f"the SIGTERM should have stopped training early (at {stopped_at})"
 
-  resumed = subprocess.run(_main_cmd(interrupted, *overrides), cwd=REPO, env=env, capture_output=True)
-  assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
-  assert f"Resumed from step {stopped_at}" in resumed.stderr.decode()
+  resumed = subprocesses.run_cli(_main_cmd(interrupted, *overrides), env=env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resumed from step {stopped_at}" in resumed.stderr
 
   straight = workdir_with_latents(tmp_path / "b", latents_root)
-  run = subprocess.run(_main_cmd(straight, *overrides), cwd=REPO, env=env, capture_output=True)
-  assert run.returncode == 0, run.stderr.decode()[-3000:]
+  run = subprocesses.run_cli(_main_cmd(straight, *overrides), env=env)
+  assert run.returncode == 0, run.stderr[-3000:]
 
   step_a, state_a = final_params(interrupted)
   step_b, state_b = final_params(straight)

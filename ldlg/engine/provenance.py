@@ -14,12 +14,7 @@ import pathlib
 import ml_collections
 
 from ldlg.engine import checkpoints
-
-
-# Bookkeeping fields that do not change what a run computes (how often it logs or saves, how many checkpoints it
-# keeps, when it warns): left out of the provenance hash, so changing them does not make results stale.
-BOOKKEEPING_FIELDS = {"train": ("log_every", "ckpt_every", "keep_checkpoints", "sample_every", "num_log_samples",
-                                "divergence_factor", "divergence_patience")}
+from ldlg.engine.workdir import BOOKKEEPING_FIELDS
 
 
 def config_hash(config: ml_collections.ConfigDict, *, without: tuple[str, ...] = ()) -> str:

@@ -17,11 +17,16 @@ import pathlib
 
 import ml_collections
 
+# Bookkeeping fields that do not change what a run computes (how often it logs or saves, how many checkpoints it
+# keeps, when it warns): they may change between runs, and the provenance hash leaves them out.
+BOOKKEEPING_FIELDS = {"train": ("log_every", "ckpt_every", "keep_checkpoints", "sample_every", "num_log_samples",
+                                "divergence_factor", "divergence_patience")}
+
 # Fields that may change between runs in one workdir: they steer how long to run or how to sample, not what
 # the model, data or latents are. Everything else must match the saved config.
-MUTABLE_FIELDS = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_checkpoints",
-                  "train.divergence_factor", "train.divergence_patience",
-                  "train.sample_every", "train.num_log_samples", "sample.", "eval.", "autoencoder.num_beams",
+MUTABLE_FIELDS = ("train.num_steps",
+                  *(f"{section}.{field}" for section, fields in BOOKKEEPING_FIELDS.items() for field in fields),
+                  "sample.", "eval.", "autoencoder.num_beams",
                   "autoencoder.repetition_penalty", "autoencoder.no_repeat_ngram_size",
                   "autoencoder.length_penalty", "autoencoder.max_decode_length",
                   "autoencoder.min_decode_length")

@@ -1,12 +1,31 @@
 """Driving the real CLI in a subprocess and interrupting it at a chosen moment (the fault-injection tests)."""
 
+import os
+import pathlib
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Callable, Sequence
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The CLI as users run it: one CPU device, the repository on the path (and whatever else the test run set, such as
+# the shared compilation cache).
+CLI_ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS="")
 
-def interrupt_when(cmd: Sequence[str], ready: Callable[[], bool], sig: int, *, cwd, env,
+
+def cli_command(workdir, *args: str, config: str = "configs/tiny.py", mode: str = "pipeline") -> list[str]:
+  """`python -m ldlg.main --config=<config> --workdir=<workdir> --mode=<mode> <args>`."""
+  return [sys.executable, "-m", "ldlg.main", f"--config={config}", f"--workdir={workdir}", f"--mode={mode}", *args]
+
+
+def run_cli(cmd: Sequence[str], *, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+  """Runs cmd from the repository root; text output captured."""
+  return subprocess.run(list(cmd), cwd=REPO_ROOT, env=CLI_ENV if env is None else env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def interrupt_when(cmd: Sequence[str], ready: Callable[[], bool], sig: int, *, env=None,
                    timeout: float = 600) -> tuple[int, str]:
   """Starts cmd, waits until ready() is true, sends sig; returns (returncode, stdout+stderr).
 
@@ -14,7 +33,8 @@ def interrupt_when(cmd: Sequence[str], ready: Callable[[], bool], sig: int, *, c
   logs) would block on its next write and never become ready. Fails if cmd ends before it could be interrupted.
   """
   with tempfile.TemporaryFile("w+") as log:
-    proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(list(cmd), cwd=REPO_ROOT, env=CLI_ENV if env is None else env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
       time.sleep(0.02)
