@@ -13,6 +13,7 @@ import pytest
 from configs import e2e
 from configs import tiny
 from ldlg.benchmarks import accelerator
+from ldlg.benchmarks import masked_sampler
 from ldlg.benchmarks import roofline
 from ldlg.benchmarks import speed
 
@@ -56,6 +57,23 @@ def test_every_hot_loop_compiles_once_and_reports_its_rate():
   rows = result["decode"]["batch"] * result["decode"]["num_beams"]
   lm_head = 2 * rows * config.autoencoder.d_model * config.autoencoder.vocab_size
   assert result["decode"]["flops"] > (result["decode"]["decode_length"] - 1) * lm_head
+
+
+def test_masked_sampler_benchmark_compares_like_with_like():
+  from ldlg.methods.masked.method import MaskedDiffusion  # pylint: disable=import-outside-toplevel
+  length, num_steps = 8, 16
+  method = MaskedDiffusion(vocab_size=12, mask_id=11, pad_id=1, max_len=length,
+                           network=dict(dim=16, num_layers=1, num_heads=2, ff_mult=2))
+  params = method.init_params(jax.random.PRNGKey(0))
+  row = masked_sampler.compare(method, params, num_steps=num_steps, batch_size=1, rounds=2)
+  json.dumps(row)
+  assert row["cached_equals_plain"] and row["retraces"] == {"plain": 0, "cached": 0}
+  # The plain sampler calls the network every step; the cache at most on the first step and after each step
+  # that revealed something (at most L of them with one sample).
+  assert row["network_calls"]["plain"] == num_steps
+  assert 1 <= row["network_calls"]["cached"] <= 1 + length
+  assert row["skipped_share"] == 1 - row["network_calls"]["cached"] / num_steps
+  assert row["samples_per_s"]["plain"] > 0 and row["speedup_cached"] > 0
 
 
 def test_peak_table_finds_the_devices_by_kind():
