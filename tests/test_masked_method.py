@@ -104,6 +104,9 @@ def test_evaluation_hook_nelbo_of_uniform_prediction():
   assert abs(values.mean() - expected) < 4 * se
   assert runs[0]["num_tokens"] == scored and runs[0]["num_sequences"] == len(lengths)
   np.testing.assert_allclose(runs[0]["perplexity_bound"], np.exp(runs[0]["nelbo_per_token"]), rtol=1e-12)
+  # Every position costs log(V - 1) in expectation, so the padding positions' share is their share of positions.
+  padding_share = np.mean([r["padding_share"] for r in runs])
+  assert abs(padding_share - sum(8 - n for n in lengths) / (8 * len(lengths))) < 0.03
 
 
 def test_token_transformer_ignores_tokens_outside_the_key_mask():

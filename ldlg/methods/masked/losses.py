@@ -92,7 +92,8 @@ def nelbo_terms(logits_fn: LogitsFn, schedule: MaskSchedule, params: Any, rng: j
   Returns:
     {"nelbo" [b] (nats per sequence), "num_tokens" [b] (tokens counted per sequence), "t" [b] (continuous
      time; i/T for the T-step loss), "num_masked" [b], "masked_nll" [b] (Σ -log x_θ over masked positions,
-     unweighted), "null_label" [b] bool (class-conditional only)}.
+     unweighted), "nelbo_padding" [b] (the part of "nelbo" paid at padding positions: 0 unless pad_in_loss),
+     "null_label" [b] bool (class-conditional only)}.
   """
   _check_batch(batch, num_classes)
   ids = batch["input_ids"].astype(jnp.int32)
@@ -142,7 +143,8 @@ def nelbo_terms(logits_fn: LogitsFn, schedule: MaskSchedule, params: Any, rng: j
   masked_nll = jnp.sum(nll, axis=1)
   counted = real if bos_id is None else real & (ids != bos_id)
   out.update(nelbo=weight * masked_nll, num_tokens=jnp.sum(counted, axis=1).astype(jnp.float32), t=t,
-             num_masked=jnp.sum(masked, axis=1).astype(jnp.float32), masked_nll=masked_nll)
+             num_masked=jnp.sum(masked, axis=1).astype(jnp.float32), masked_nll=masked_nll,
+             nelbo_padding=weight * jnp.sum(jnp.where(real, 0.0, nll), axis=1))
   return out
 
 

@@ -172,7 +172,7 @@ class MaskedDiffusion(Method):
   def _eval_sums_impl(self, params, rng, batch):
     terms = losses.nelbo_terms(self.logits_fn, self.schedule, params, rng, batch, label_dropout=0.0,
                                train=False, **self._terms_kwargs)
-    return jnp.sum(terms["nelbo"]), jnp.sum(terms["num_tokens"])
+    return jnp.sum(terms["nelbo"]), jnp.sum(terms["num_tokens"]), jnp.sum(terms["nelbo_padding"])
 
   def evaluate_nelbo(self, params: Any, batches: Iterable[Mapping[str, Any]], rng: jax.Array, *,
                      num_repeats: int = 1) -> dict[str, float]:
@@ -185,17 +185,19 @@ class MaskedDiffusion(Method):
     texts.
 
     Returns:
-      {"nelbo_per_token" (nats), "perplexity_bound", "num_tokens", "num_sequences"}.
+      {"nelbo_per_token" (nats), "perplexity_bound", "num_tokens", "num_sequences", "padding_share" (the share
+       of the NELBO paid at padding positions: where the text ends, and the pads after it, with pad_in_loss)}.
     """
     if num_repeats < 1:
       raise ValueError(f"num_repeats must be >= 1, got {num_repeats}")
-    total, tokens, sequences = 0.0, 0.0, 0
+    total, tokens, sequences, padding = 0.0, 0.0, 0, 0.0
     for i, batch in enumerate(batches):
       batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "example_index"}
       batch["example_index"] = jnp.arange(batch["input_ids"].shape[0])
       for r in range(num_repeats):
-        s, n = self._eval_sums(params, jax.random.fold_in(jax.random.fold_in(rng, i), r), batch)
+        s, n, pad = self._eval_sums(params, jax.random.fold_in(jax.random.fold_in(rng, i), r), batch)
         total += float(s)
+        padding += float(pad)
         if r == 0:
           tokens += float(n)
       sequences += int(batch["input_ids"].shape[0])
@@ -203,7 +205,7 @@ class MaskedDiffusion(Method):
       raise ValueError("no tokens to score: the held-out batches are empty")
     per_token = total / num_repeats / tokens
     return {"nelbo_per_token": per_token, "perplexity_bound": float(np.exp(per_token)), "num_tokens": tokens,
-            "num_sequences": sequences}
+            "num_sequences": sequences, "padding_share": padding / total if total > 0 else 0.0}
 
   def evaluation_hooks(self):
     return {"nelbo": self.evaluate_nelbo}
