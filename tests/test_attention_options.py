@@ -1,5 +1,4 @@
 """Speed options of the denoiser's layers compute the same function: jax.nn.dot_product_attention, remat."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -21,7 +21,6 @@ Prints a table and the JSON (also to --out).
 import json
 import pathlib
 
-from absl import app
 from absl import flags
 import jax
 import ml_collections

@@ -24,7 +24,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 import numpy as np
 

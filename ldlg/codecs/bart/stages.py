@@ -36,7 +36,6 @@ def pretrain_done(config, workdir: Workdir, data_dir=None) -> bool:
 
 def precompute(config, workdir: Workdir, data_dir) -> None:
   from ldlg.data import datasets
-  from ldlg.data import precompute as precompute_lib
   autoencoder = bart_codec.load_autoencoder(config, workdir)
   spec, _ = datasets.get_spec(config.data.name)
   with signals.RaiseOnSignal("the latent precompute"):  # Shards are written atomically; done ones are kept.

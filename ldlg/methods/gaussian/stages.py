@@ -13,13 +13,12 @@ import ml_collections
 
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import stages as bart_stages
-from ldlg.engine import checkpoints
 from ldlg.engine import provenance
 from ldlg.engine import sample_runner
 from ldlg.engine import signals
 from ldlg.engine import trainer
 from ldlg.engine.stage import Stage
-from ldlg.engine.workdir import Workdir, config_digest
+from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian.method import GaussianDiffusion
 
 
@@ -99,13 +98,7 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) ->
 
 
 def train_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
-  if not workdir.checkpoint_dir.exists():
-    return False
-  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
-  try:
-    latest = ckpt.latest_step()
-  finally:
-    ckpt.close()
+  latest = provenance.latest_step(workdir.checkpoint_dir)
   return latest is not None and latest >= config.train.num_steps
 
 

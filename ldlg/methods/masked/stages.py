@@ -91,13 +91,7 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> trai
 
 
 def train_done(config, workdir: Workdir, data_dir=None) -> bool:
-  if not workdir.checkpoint_dir.exists():
-    return False
-  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
-  try:
-    latest = ckpt.latest_step()
-  finally:
-    ckpt.close()
+  latest = provenance.latest_step(workdir.checkpoint_dir)
   return latest is not None and latest >= config.train.num_steps
 
 
