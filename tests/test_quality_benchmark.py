@@ -20,7 +20,7 @@ def test_quality_benchmark_smoke(tmp_path, data_dir):
                        text=True, timeout=1200)
   assert run.returncode == 0, run.stderr[-4000:]
   table = (tmp_path / "table.md").read_text()
-  for row in ("human (train)", "human word-shuffled", "LD4LG", "LD4LG w/o self-cond", "GPT-2 baseline"):
+  for row in ("human (train)", "human word-shuffled", "LD4LG", "LD4LG w/o self-cond", "MDLM", "GPT-2 baseline"):
     assert f"| {row} |" in table and f"| {row} |" in run.stdout
   results = json.loads((tmp_path / "results.json").read_text())["sst"]
   rows = results["rows"]
@@ -32,5 +32,7 @@ def test_quality_benchmark_smoke(tmp_path, data_dir):
   assert rows["human (train)"]["memorization"]["mean"] == 1.0
   assert rows["human word-shuffled"]["memorization"]["mean"] < 0.5
   assert "class_accuracy" in rows["LD4LG"] and "class_accuracy" not in rows["GPT-2 baseline"]
+  assert "class_accuracy" in rows["MDLM"]  # Class-conditional on SST, sampled with balanced classes, as LD4LG.
   assert results["params"]["ar_baseline"] == pytest.approx(results["params"]["denoiser"], rel=0.15)
+  assert results["params"]["mdlm"] > 0
   assert 0.5 < results["classifier_accuracy_on_real_validation"] <= 1

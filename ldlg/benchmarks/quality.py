@@ -8,6 +8,7 @@ Per dataset (default: SST; reference for MAUVE = its validation split, never the
   * our own tokenizer + BART autoencoder (reconstruction: exact match and BLEU on held-out sentences);
   * LD4LG with self-conditioning, LD4LG without (the paper's ablation), both class-conditional on SST and
     sampled with balanced classes (class accuracy of a MiniLM logistic-regression probe on the samples);
+  * MDLM (masked discrete diffusion, `:mdlm_cpu`) on the same BPE tokens, same steps and sampler steps;
   * a GPT-2 baseline of matched parameter count, same steps and at most the same training wall time;
   * control rows scored by the same code: human training text, and the same text word-shuffled.
 Metrics (ldlg/evaluation/evaluate.py): MAUVE on MiniLM features, perplexity under an AR judge (a second
@@ -57,6 +58,21 @@ def dataset_config(dataset: str, preset: dict, *, self_condition: bool) -> ml_co
   config.data.max_examples = preset.get("max_examples", 0)
   if not self_condition:
     config.diffusion.self_condition_prob = 0.0
+  if preset is PRESETS["gpu"]:
+    config.model.update(dim=768, num_layers=12, num_heads=12)
+  return config
+
+
+def mdlm_config(dataset: str, preset: dict, tokenizer_path: pathlib.Path) -> ml_collections.ConfigDict:
+  """MDLM (`:mdlm_cpu`, sized like the `:cpu` denoiser) on the LD4LG run's BPE, so its tokens are the GPT-2
+  baseline's; same steps and sampler steps as the LD4LG rows."""
+  import importlib
+  config = importlib.import_module(f"configs.{dataset}").get_config("mdlm_cpu")
+  config.tokenizer.path = str(tokenizer_path)
+  config.train.num_steps = preset["steps"]
+  config.sample.update(num_samples=preset["num_draws"] * preset["draw_size"], num_steps=preset["sample_steps"])
+  config.eval.update(num_draws=preset["num_draws"], featurizer="minilm")
+  config.data.max_examples = preset.get("max_examples", 0)
   if preset is PRESETS["gpu"]:
     config.model.update(dim=768, num_layers=12, num_heads=12)
   return config
@@ -127,6 +143,15 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
         results["wall_seconds"][f"{name}_{stage}"] = seconds
         save()
 
+  # MDLM over the same BPE tokens (the LD4LG run's tokenizer, which the AR baseline uses too).
+  mdlm = Workdir(root / dataset / "mdlm")
+  masked_config = mdlm_config(dataset, preset, sc.autoencoder_dir)
+  for stage in ("train", "sample"):
+    if not pipeline.stage_done(stage, masked_config, mdlm):
+      _, seconds = _timed(pipeline.run, stage, masked_config, mdlm.root, data_dir=data_dir)
+      results["wall_seconds"][f"mdlm_{stage}"] = seconds
+      save()
+
   # 2. The AR baseline (matched size, same steps, at most LD4LG's training time) and the AR judge.
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(sc.autoencoder_dir))
   train_records = splits.load_texts(sc_config, data_dir, sc, sc_config.data.train_split)
@@ -147,7 +172,10 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
                                           max_seconds=cap, valid_texts=reference[:500])
       (out / "ar_result.json").write_text(json.dumps(result, indent=2, default=str))
     results["wall_seconds"][f"{name}_train"] = _read_json(out / "ar_result.json")["seconds"]
-  results["params"] = {"denoiser": denoiser_params, "ar_baseline": ar_params}
+  from ldlg.methods.masked.method import MaskedDiffusion, tokenizer_info
+  masked = MaskedDiffusion.from_config(masked_config, tokenizer_info(tokenizer))
+  mdlm_params = count_params(jax.eval_shape(masked.init_params, jax.random.PRNGKey(0)))
+  results["params"] = {"denoiser": denoiser_params, "mdlm": mdlm_params, "ar_baseline": ar_params}
   save()
 
   # 3. Samples of every row.
@@ -158,7 +186,7 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
       "human (train)": ([train_texts[i] for i in human_idx], None),
       "human word-shuffled": (evaluate_lib.shuffle_words([train_texts[i] for i in human_idx]), None),
   }
-  for name, wd in (("LD4LG", sc), ("LD4LG w/o self-cond", nosc)):
+  for name, wd in (("LD4LG", sc), ("LD4LG w/o self-cond", nosc), ("MDLM", mdlm)):
     records = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
     rows[name] = ([r["text"] for r in records], [r.get("class_id") for r in records])
   ar_out = root / dataset / "ar_baseline"
@@ -202,13 +230,14 @@ def format_table(all_results: dict, preset_name: str) -> str:
                  f"trained on {dataset} train)")
     lines.append(f"Autoencoder reconstruction (held-out): exact match {rec['exact_match']:.1%}, "
                  f"BLEU {rec['bleu']:.1f}. Params: denoiser {res['params']['denoiser']:,}, "
-                 f"GPT-2 baseline {res['params']['ar_baseline']:,}.")
+                 f"MDLM {res['params'].get('mdlm', 0):,}, GPT-2 baseline {res['params']['ar_baseline']:,}.")
     has_acc = any("class_accuracy" in r for r in res["rows"].values())
     header = "| row | MAUVE | perplexity | diversity | memorization | unique tokens |" + (
         " class acc. |" if has_acc else "") + " train wall time |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     times = {"LD4LG": res["wall_seconds"].get("ld4lg_train"),
              "LD4LG w/o self-cond": res["wall_seconds"].get("ld4lg_no_self_cond_train"),
+             "MDLM": res["wall_seconds"].get("mdlm_train"),
              "GPT-2 baseline": res["wall_seconds"].get("ar_baseline_train")}
     for name, m in res["rows"].items():
       cell = lambda k, f="{:.3f}": (f + " ± " + f).format(m[k]["mean"], m[k]["std"]) if k in m else "–"

@@ -8,8 +8,10 @@ over (x_θ is their one-hot), and only masked positions are ever written.
 
 - Caching (`cache=True`, MDLM's ddpm_cache): a model without time input gives the same x_θ for the same z, so
   when no token of the batch changed in a step the next step reuses x_θ instead of calling the network
-  (`lax.cond` inside the scan). Random draws are the same as without the cache, so the tokens are identical; the
-  count of network calls is returned. With T much larger than L most steps change nothing.
+  (`lax.cond` inside the scan). What is kept is x_θ's draw table (its CDF, built once per call), so a skipped step
+  costs a binary search per position, O(L log V), not O(L V). Random draws are the same as without the cache, so
+  the tokens are identical; the count of network calls is returned. With T much larger than B·L most steps
+  change nothing; the skip is per batch, so a large batch skips few (about B·L/T positions are revealed a step).
 - Nucleus (`top_p < 1`): each position's x_θ is cut to its smallest set of tokens of mass >= top_p.
 - Classes: `class_id` [B]; classifier-free guidance with `guidance_scale` w combines the log-probabilities,
   log x_w ∝ w log x_θ(·|c) + (1-w) log x_θ(·|∅), in one network call on the doubled batch (counted as one call).
@@ -60,6 +62,34 @@ def nucleus_filter(log_probs: jax.Array, top_p: float) -> jax.Array:
   return jnp.where(keep, log_probs, -jnp.inf)
 
 
+def draw_table(log_probs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """What `draw_from_table` needs to draw from softmax(log_probs): the unnormalized CDF and a fallback token.
+
+  Built once per network call; the caching sampler keeps it across the steps that skip the network, so those
+  steps cost O(L log V) per sample (a binary search) instead of O(L V).
+
+  Args:
+    log_probs: [..., V] log-probabilities (-inf allowed; need not be normalized).
+
+  Returns:
+    (cdf [..., V] float32, nondecreasing; last [...] int32, the last token of positive probability).
+  """
+  probs = jnp.exp(log_probs - jnp.max(log_probs, axis=-1, keepdims=True))
+  cdf = jnp.cumsum(probs, axis=-1)
+  last = probs.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)
+  return cdf, last.astype(jnp.int32)
+
+
+def draw_from_table(cdf: jax.Array, last: jax.Array, v: jax.Array) -> jax.Array:
+  """The token whose CDF interval holds v (see `draw_table`); [...] int32 ids for v [...] in [0, 1)."""
+  vocab = cdf.shape[-1]
+  target = v * cdf[..., -1]
+  rows, flat_target = cdf.reshape(-1, vocab), target.reshape(-1)
+  # The first index whose CDF exceeds the target; V when rounding puts the target at the total.
+  index = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(rows, flat_target).reshape(v.shape)
+  return jnp.where(index < vocab, index, last).astype(jnp.int32)
+
+
 def inverse_cdf_sample(log_probs: jax.Array, v: jax.Array) -> jax.Array:
   """The token whose CDF interval holds v: a draw from softmax(log_probs) when v ~ U[0, 1).
 
@@ -70,12 +100,7 @@ def inverse_cdf_sample(log_probs: jax.Array, v: jax.Array) -> jax.Array:
   Returns:
     [...] int32 ids, never a token of zero probability.
   """
-  probs = jnp.exp(log_probs - jnp.max(log_probs, axis=-1, keepdims=True))
-  cdf = jnp.cumsum(probs, axis=-1)
-  above = cdf > v[..., None] * cdf[..., -1:]
-  # If rounding puts the target at the total, fall back to the last token of positive probability.
-  last = probs.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)
-  return jnp.where(jnp.any(above, axis=-1), jnp.argmax(above, axis=-1), last).astype(jnp.int32)
+  return draw_from_table(*draw_table(log_probs), v)
 
 
 def unmask_probabilities(schedule: MaskSchedule, num_steps: int) -> np.ndarray:
@@ -127,16 +152,19 @@ def _make_window_fn(logits_fn: LogitsFn, schedule: MaskSchedule, *, mask_id: int
       lp = denoiser_log_probs(logits_fn(params, z, t_b, key_mask, class_id, False, rng), mask_id)
     return nucleus_filter(carry_over(lp, z, mask_id), top_p)
 
+  def table(params, z, t, key_mask, class_id, rng):
+    return draw_table(log_x_theta(params, z, t, key_mask, class_id, rng))
+
   def fill(params, rng, z0, key_mask, example_index, class_id):
     def step(carry, x):
       z, cached, need_call, calls = carry
       j, t, p_unmask = x
       if cache:
-        lp = jax.lax.cond(need_call, lambda: log_x_theta(params, z, t, key_mask, class_id, rng),
-                          lambda: cached)
+        # Without a time input the network's output changes only when z does: keep its draw table otherwise.
+        tab = jax.lax.cond(need_call, lambda: table(params, z, t, key_mask, class_id, rng), lambda: cached)
         calls = calls + need_call.astype(jnp.int32)
       else:
-        lp = log_x_theta(params, z, t, key_mask, class_id, rng)
+        tab = table(params, z, t, key_mask, class_id, rng)
         calls = calls + 1
       # Two uniforms per position: the reveal coin and an inverse-CDF token draw. (Gumbel-max would need V
       # random numbers per position and step, which would dominate the cost of the steps the cache skips.)
@@ -144,14 +172,14 @@ def _make_window_fn(logits_fn: LogitsFn, schedule: MaskSchedule, *, mask_id: int
       keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(example_index)
       draws = jax.vmap(lambda k: jax.random.uniform(k, z.shape[1:] + (2,)))(keys)  # [B, L, 2]
       u = draws[..., 0]
-      tokens = inverse_cdf_sample(lp, draws[..., 1])
+      tokens = draw_from_table(*tab, draws[..., 1])
       reveal = (z == mask_id) & (u < p_unmask)
       z_new = jnp.where(reveal, tokens.astype(z.dtype), z)
-      return (z_new, lp, jnp.any(reveal), calls), (z_new if return_trajectory else None)
+      return (z_new, tab, jnp.any(reveal), calls), (z_new if return_trajectory else None)
 
     # The cache's initial value only fixes the carry's shape; need_call=True means it is never read.
-    init_lp = jax.eval_shape(lambda: log_x_theta(params, z0, 1.0, key_mask, class_id, rng))
-    carry = (z0, jnp.zeros(init_lp.shape, init_lp.dtype), jnp.bool_(True), jnp.int32(0))
+    init_tab = jax.eval_shape(lambda: table(params, z0, 1.0, key_mask, class_id, rng))
+    carry = (z0, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), init_tab), jnp.bool_(True), jnp.int32(0))
     (z, _, _, calls), traj = jax.lax.scan(step, carry, (jnp.arange(num_steps), times, probs))
     return z, calls, traj
 
