@@ -72,7 +72,8 @@ def draw_table(log_probs: jax.Array) -> tuple[jax.Array, jax.Array]:
     log_probs: [..., V] log-probabilities (-inf allowed; need not be normalized).
 
   Returns:
-    (cdf [..., V] float32, nondecreasing; last [...] int32, the last token of positive probability).
+    (cdf [..., V] float32, a running sum of nonnegative terms; last [...] int32, the last token of positive
+    probability).
   """
   probs = jnp.exp(log_probs - jnp.max(log_probs, axis=-1, keepdims=True))
   cdf = jnp.cumsum(probs, axis=-1)
