@@ -48,33 +48,33 @@ PRESETS = {
 }
 
 
-def dataset_config(dataset: str, preset: dict, *, self_condition: bool) -> ml_collections.ConfigDict:
+def _preset_config(dataset: str, variant: str, preset: dict) -> ml_collections.ConfigDict:
+  """`configs/<dataset>.py:<variant>` with the preset's steps, samples, draws and sizes (every trained row)."""
   import importlib
-  config = importlib.import_module(f"configs.{dataset}").get_config("cpu")
-  config.autoencoder.num_steps = preset["ae_steps"]
-  config.train.update(num_steps=preset["steps"], sample_every=0)
-  config.sample.update(num_samples=preset["num_draws"] * preset["draw_size"], num_steps=preset["sample_steps"])
-  config.eval.update(num_draws=preset["num_draws"], featurizer="minilm")
-  config.data.max_examples = preset.get("max_examples", 0)
-  if not self_condition:
-    config.diffusion.self_condition_prob = 0.0
-  if preset is PRESETS["gpu"]:
-    config.model.update(dim=768, num_layers=12, num_heads=12)
-  return config
-
-
-def mdlm_config(dataset: str, preset: dict, tokenizer_path: pathlib.Path) -> ml_collections.ConfigDict:
-  """MDLM (`:mdlm_cpu`, sized like the `:cpu` denoiser) on the LD4LG run's BPE, so its tokens are the GPT-2
-  baseline's; same steps and sampler steps as the LD4LG rows."""
-  import importlib
-  config = importlib.import_module(f"configs.{dataset}").get_config("mdlm_cpu")
-  config.tokenizer.path = str(tokenizer_path)
+  config = importlib.import_module(f"configs.{dataset}").get_config(variant)
   config.train.num_steps = preset["steps"]
   config.sample.update(num_samples=preset["num_draws"] * preset["draw_size"], num_steps=preset["sample_steps"])
   config.eval.update(num_draws=preset["num_draws"], featurizer="minilm")
   config.data.max_examples = preset.get("max_examples", 0)
   if preset is PRESETS["gpu"]:
     config.model.update(dim=768, num_layers=12, num_heads=12)
+  return config
+
+
+def dataset_config(dataset: str, preset: dict, *, self_condition: bool) -> ml_collections.ConfigDict:
+  config = _preset_config(dataset, "cpu", preset)
+  config.autoencoder.num_steps = preset["ae_steps"]
+  config.train.sample_every = 0
+  if not self_condition:
+    config.diffusion.self_condition_prob = 0.0
+  return config
+
+
+def mdlm_config(dataset: str, preset: dict, tokenizer_path: pathlib.Path) -> ml_collections.ConfigDict:
+  """MDLM (`:mdlm_cpu`, sized like the `:cpu` denoiser) on the LD4LG run's BPE, so its tokens are the GPT-2
+  baseline's; same steps and sampler steps as the LD4LG rows."""
+  config = _preset_config(dataset, "mdlm_cpu", preset)
+  config.tokenizer.path = str(tokenizer_path)
   return config
 
 
@@ -106,6 +106,7 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
   """Every row of one dataset's table; each stage is skipped when its output exists."""
   from ldlg.evaluation import evaluate as evaluate_lib
   from ldlg.methods.gaussian.method import GaussianDiffusion
+  from ldlg.methods.masked.method import MaskedDiffusion, tokenizer_info
   from ldlg.methods.autoregressive import model as ar_model
   from ldlg.methods.autoregressive import sampler as ar_sample
   from ldlg.methods.autoregressive import train as ar_train
@@ -172,7 +173,6 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
                                           max_seconds=cap, valid_texts=reference[:500])
       (out / "ar_result.json").write_text(json.dumps(result, indent=2, default=str))
     results["wall_seconds"][f"{name}_train"] = _read_json(out / "ar_result.json")["seconds"]
-  from ldlg.methods.masked.method import MaskedDiffusion, tokenizer_info
   masked = MaskedDiffusion.from_config(masked_config, tokenizer_info(tokenizer))
   mdlm_params = count_params(jax.eval_shape(masked.init_params, jax.random.PRNGKey(0)))
   results["params"] = {"denoiser": denoiser_params, "mdlm": mdlm_params, "ar_baseline": ar_params}
