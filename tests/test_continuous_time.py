@@ -22,7 +22,7 @@ from ldlg.methods.gaussian import likelihood
 from ldlg.methods.gaussian.estimator import make_x0_estimator
 from ldlg.methods.gaussian.fast_samplers import make_continuous_sampler
 from ldlg.methods.gaussian.pf_ode import make_pf_ode_solver, solve
-from ldlg.methods.gaussian.samplers import mask_from_lengths, sampling_timesteps
+from ldlg.methods.gaussian.samplers import mask_from_lengths, sampler_from_config, sampling_timesteps
 from ldlg.methods.gaussian.schedules import get_schedule
 
 T = 1000
@@ -450,3 +450,27 @@ def test_dispatcher_options_and_errors():
   with pytest.raises(ValueError, match="needs latent_dim"):
     make_continuous_sampler(DIAG_ORACLE, SCHEDULE, kind="sde_euler", num_steps=3)(
         None, jax.random.PRNGKey(0), mask)
+
+
+def test_config_route_reports_nfe_and_passes_the_ode_tolerance():
+  """`sampler_from_config(with_nfe=True)`: the fixed count for DDIM and DPM-Solver++, the solver's own count for
+  the adaptive ODE, where the config's looser tolerance takes fewer evaluations."""
+  import ml_collections
+  mask = jnp.ones((2, 3), bool)
+  diffusion = ml_collections.ConfigDict({"objective": "x0", "self_condition_prob": 0.0})
+
+  def nfe_of(**sample):
+    cfg = ml_collections.ConfigDict({"eta": 0.0, "guidance_scale": 1.0, **sample})
+    fn = sampler_from_config(DIAG_ORACLE, SCHEDULE, cfg, diffusion, with_nfe=True)
+    x, nfe = fn(None, jax.random.PRNGKey(0), mask, None, latent_dim=4)
+    assert x.shape == (2, 3, 4)
+    return np.asarray(nfe)
+
+  np.testing.assert_array_equal(nfe_of(sampler="ddim", num_steps=7), [7, 7])
+  np.testing.assert_array_equal(nfe_of(sampler="dpm_solver_pp_2m", num_steps=5), [5, 5])
+  loose = nfe_of(sampler="ode_adaptive", num_steps=1, ode_rtol=1e-2, ode_atol=1e-2)
+  tight = nfe_of(sampler="ode_adaptive", num_steps=1, ode_rtol=1e-6, ode_atol=1e-6)
+  assert 0 < loose.mean() < tight.mean()
+  with pytest.raises(ValueError, match="cannot be combined"):
+    sampler_from_config(DIAG_ORACLE, SCHEDULE, ml_collections.ConfigDict({"sampler": "ddim", "num_steps": 3}),
+                        diffusion, with_nfe=True, return_trajectory_at=(1,))

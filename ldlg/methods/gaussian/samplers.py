@@ -233,11 +233,12 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
 
 def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: Any,
                         diffusion_cfg: Any, *, num_classes: int = 0,
-                        return_trajectory_at: Sequence[int] = ()) -> SampleFn:
+                        return_trajectory_at: Sequence[int] = (), with_nfe: bool = False) -> SampleFn:
   """The one place a run builds its sampler: from `config.sample` and `config.diffusion`.
 
   Reads sample_cfg.`sampler` ("ddim"/"ddpm", or a continuous-time one: "dpm_solver_pp_2m", "sde_euler", "pc",
-  "ode_adaptive", see fast_samplers.py, with optional `spacing`, `corrector_snr`, `corrector_steps`), `num_steps`,
+  "ode_adaptive", see fast_samplers.py, with optional `spacing`, `corrector_snr`, `corrector_steps`, and the ODE
+  solver's `ode_rtol` / `ode_atol` (default 1e-5)), `num_steps`,
   `eta`, `guidance_scale`, and `clip_x0` if present (default None); diffusion_cfg.`objective` and `self_condition_prob` (self-conditioning is
   on when it is > 0). "ddpm" always runs all T steps, whatever num_steps says.
 
@@ -248,10 +249,14 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
     diffusion_cfg: `config.diffusion`.
     num_classes: the model's number of classes (needed for guidance).
     return_trajectory_at: as in `make_sampler`.
+    with_nfe: the sampler returns (x0, nfe [B] int32), the network calls each example took (measured by the
+      adaptive ODE solver; the fixed count of the others). Not with return_trajectory_at.
 
   Returns:
     The sampler of `make_sampler`.
   """
+  if with_nfe and return_trajectory_at:
+    raise ValueError("with_nfe and return_trajectory_at cannot be combined")
   kind = sample_cfg.sampler
   if kind in CONTINUOUS_SAMPLERS:
     if return_trajectory_at:
@@ -264,12 +269,19 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
         guidance_scale=float(get("guidance_scale", 1.0)), objective=getattr(diffusion_cfg, "objective", "x0"),
         self_condition=float(getattr(diffusion_cfg, "self_condition_prob", 0.5)) > 0,
         clip_x0=get("clip_x0", None), num_classes=int(num_classes), snr=float(get("corrector_snr", 0.16)),
-        num_corrector_steps=int(get("corrector_steps", 1)))
+        num_corrector_steps=int(get("corrector_steps", 1)), rtol=float(get("ode_rtol", 1e-5)),
+        atol=float(get("ode_atol", 1e-5)), with_nfe=with_nfe)
   num_steps = schedule.num_timesteps if kind == "ddpm" else int(sample_cfg.num_steps)
-  return make_sampler(
+  sample = make_sampler(
       denoise_fn, schedule, kind=kind, num_steps=num_steps, eta=float(getattr(sample_cfg, "eta", 1.0)),
       guidance_scale=float(getattr(sample_cfg, "guidance_scale", 1.0)),
       objective=getattr(diffusion_cfg, "objective", "x0"),
       self_condition=float(getattr(diffusion_cfg, "self_condition_prob", 0.5)) > 0,
       return_trajectory_at=tuple(return_trajectory_at), clip_x0=getattr(sample_cfg, "clip_x0", None),
       num_classes=int(num_classes))
+  if not with_nfe:
+    return sample
+
+  def sample_with_nfe(params, rng, mask, *args, **kwargs):
+    return sample(params, rng, mask, *args, **kwargs), jnp.full(mask.shape[:1], num_steps, jnp.int32)
+  return sample_with_nfe
