@@ -30,7 +30,6 @@ from ml_collections import config_flags
 
 from ldlg.benchmarks import roofline
 from ldlg.engine.workdir import Workdir
-from ldlg.methods.masked import samplers
 from ldlg.methods.masked import stages as masked_stages
 from ldlg.methods.masked.method import MaskedDiffusion
 from ldlg.networks import count_params
@@ -54,9 +53,7 @@ def compare(method, params, *, num_steps: int, batch_size: int, rounds: int) -> 
   variants = {}
   for name, cache in (("plain", False), ("cached", True)):
     counter = roofline.TraceCounter()
-    sample = samplers.make_sampler(counter.wrap(method.logits_fn), method.schedule, mask_id=method.mask_id,
-                                   length=method.max_len, num_steps=num_steps, cache=cache,
-                                   num_classes=method.num_classes, pad_id=method.pad_id)
+    sample = method.make_sampler(num_steps=num_steps, cache=cache, logits_fn=counter.wrap(method.logits_fn))
     variants[name] = (sample, counter)
   index = jnp.arange(batch_size, dtype=jnp.int32)
   rng = jax.random.PRNGKey(0)

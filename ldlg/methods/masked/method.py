@@ -148,25 +148,28 @@ class MaskedDiffusion(Method):
 
   def make_sampler(self, *, num_steps: int = 1000, length: Optional[int] = None, cache: Optional[bool] = None,
                    top_p: float = 1.0, guidance_scale: float = 1.0, overlap: Optional[int] = None,
-                   return_trajectory: bool = False) -> samplers.SampleFn:
+                   return_trajectory: bool = False, logits_fn=None) -> samplers.SampleFn:
     """A compiled sampler of `length` tokens (default max_len).
+
+    `logits_fn` replaces the network's (same signature as `self.logits_fn`), e.g. wrapped in a trace counter.
 
     Up to max_len: ancestral (`samplers.make_sampler`); longer: semi-autoregressive in windows of max_len with
     `overlap` (default max_len // 2) clean tokens carried over (`samplers.make_semi_ar_sampler`). `cache`
     defaults to on for a model without time input. See those functions for the returned `sample(...)`.
     """
     length = self.max_len if length is None else int(length)
+    logits_fn = logits_fn or self.logits_fn
     time_cond = self.model.time_conditioning
     cache = (not time_cond) if cache is None else bool(cache)
     common = dict(mask_id=self.mask_id, num_steps=num_steps, cache=cache, top_p=top_p,
                   guidance_scale=guidance_scale, num_classes=self.num_classes, time_conditioning=time_cond)
     if length <= self.max_len:
-      return samplers.make_sampler(self.logits_fn, self.schedule, length=length, pad_id=self.pad_id,
+      return samplers.make_sampler(logits_fn, self.schedule, length=length, pad_id=self.pad_id,
                                    return_trajectory=return_trajectory, **common)
     if return_trajectory:
       raise ValueError("the semi-autoregressive sampler (length > max_len) does not record trajectories")
     return samplers.make_semi_ar_sampler(
-        self.logits_fn, self.schedule, window=self.max_len, total_length=length,
+        logits_fn, self.schedule, window=self.max_len, total_length=length,
         overlap=self.max_len // 2 if overlap is None else int(overlap), **common)
 
   def _eval_sums_impl(self, params, rng, batch):
