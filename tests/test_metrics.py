@@ -310,6 +310,21 @@ def test_evaluate_texts_structure(tiny_gpt2, tmp_path):
                             num_draws=1, draw_size=20)
 
 
+def test_evaluate_draws_with_precomputed_reference_features_and_grams_is_the_same():
+  """Scoring several sample sets against one reference featurizes it once: the result must not change."""
+  bow = BagOfWords(WORDS)
+  rng = np.random.default_rng(1)
+  samples = [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(30)]
+  reference = [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(30)]
+  train = ["the cat sat on the mat", "a dog ran home fast", "the red cat", "a blue dog"]
+  plain = evaluate.evaluate_draws(samples, reference, train, featurizer=bow, num_draws=3)
+  shared = evaluate.evaluate_draws(samples, reference, ng.training_ngrams(train), featurizer=bow, num_draws=3,
+                                   reference_features=bow(reference))
+  assert shared == plain
+  with pytest.raises(ValueError, match="reference_features has 29 rows"):
+    evaluate.evaluate_draws(samples, reference, train, featurizer=bow, reference_features=bow(reference[:29]))
+
+
 def test_shuffle_words_keeps_the_multiset():
   texts = ["the cat sat on the mat", "a b c d e f g"]
   shuffled = evaluate.shuffle_words(texts, seed=1)

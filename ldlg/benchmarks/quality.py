@@ -206,13 +206,17 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
     classifier = classifier_lib.train_classifier(train_texts, [r["label"] for r in train_records], featurizer)
     results["classifier_accuracy_on_real_validation"] = classifier.accuracy(
         reference, [r["label"] for r in valid_records])
+  shared = {}  # The reference's features and the training 4-grams, built once for every row.
   for name, (texts, labels) in rows.items():
     if name in results["rows"]:
       continue
+    if not shared:
+      from ldlg.evaluation import ngram_metrics
+      shared = dict(reference_features=featurizer(reference), train_texts=ngram_metrics.training_ngrams(train_texts))
     use_labels = labels if classifier is not None and labels and labels[0] is not None else None
     results["rows"][name] = evaluate_lib.evaluate_draws(
-        texts, reference, train_texts, featurizer=featurizer, num_draws=preset["num_draws"], ppl_model=judge,
-        sample_labels=use_labels, classifier=classifier if use_labels else None)
+        texts, reference, featurizer=featurizer, num_draws=preset["num_draws"], ppl_model=judge,
+        sample_labels=use_labels, classifier=classifier if use_labels else None, **shared)
     save()
   return results
 

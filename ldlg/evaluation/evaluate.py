@@ -145,15 +145,19 @@ def _mean_std(values: Sequence[float]) -> dict[str, Any]:
   return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
 
 
-def evaluate_draws(samples: Sequence[str], reference: Sequence[str], train_texts: Sequence[str], *,
+def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
+                   train_texts: Sequence[str] | frozenset[tuple[str, ...]], *,
                    featurizer: featurizers_lib.Featurizer, num_draws: int = 5,
                    ppl_model: perplexity_lib.CausalLM | None = None,
                    sample_labels: Sequence[int] | None = None,
-                   classifier: classifier_lib.TextClassifier | None = None, seed: int = 0) -> dict[str, Any]:
+                   classifier: classifier_lib.TextClassifier | None = None, seed: int = 0,
+                   reference_features: np.ndarray | None = None) -> dict[str, Any]:
   """The paper's protocol: the samples are `num_draws` independent sets (e.g. 5 seeds x 1000); every metric
   is computed on each set and reported as mean ± std over the sets.
 
   Texts are featurized once (samples and reference); the 4-gram set of the training data is built once.
+  `reference_features`: `featurizer(reference)` computed already (callers scoring several sample sets against
+  one reference pass it to featurize the reference once); `train_texts` may be a prebuilt 4-gram set.
   Draw i compares its samples with an equally large draw of the reference.
 
   Returns:
@@ -166,8 +170,10 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str], train_texts
     raise ValueError(f"{len(samples)} samples cannot be split into num_draws={num_draws} sets")
   draws = np.array_split(np.arange(len(samples)), num_draws)
   sample_feats = featurizer(samples)
-  ref_feats = featurizer(list(reference))
-  grams = ngram_metrics.training_ngrams(train_texts)
+  ref_feats = featurizer(list(reference)) if reference_features is None else reference_features
+  if len(ref_feats) != len(reference):
+    raise ValueError(f"reference_features has {len(ref_feats)} rows for {len(reference)} reference texts")
+  grams = train_texts if isinstance(train_texts, frozenset) else ngram_metrics.training_ngrams(train_texts)
   per: dict[str, list[float]] = {k: [] for k in ("mauve", "diversity", "memorization", "unique_tokens")}
   if ppl_model is not None:
     per["perplexity"] = []
