@@ -61,3 +61,6 @@ def test_benchmark_on_a_tiny_run_then_resumes(tiny_cli_run, data_dir, tmp_path, 
   monkeypatch.setattr(text_sampler.TextSampler, "sample", no_sampling)
   again = sampler_nfe.run(config, tiny_cli_run, **kwargs)
   assert [r["mauve"] for r in again["rows"]] == [r["mauve"] for r in rows]
+  # A run asking for fewer points still reports every finished point of the same settings.
+  fewer = sampler_nfe.run(config, tiny_cli_run, **{**kwargs, "samplers": ["dpm_solver_pp_2m"]})
+  assert [(r["sampler"], r["nfe"]) for r in fewer["rows"]] == [(r["sampler"], r["nfe"]) for r in rows]

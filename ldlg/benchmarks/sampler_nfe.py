@@ -23,7 +23,8 @@ warning); the adaptive ODE solver (`ode_adaptive`) picks its own steps: it is on
 entry, at the NFE it measured (diffrax's count, mean over the batch).
 
 Output (`--out` folder): `rows.jsonl` (one line per finished point, reused when the command is re-run with the
-same settings, so an interrupted benchmark loses at most one point), `sampler_nfe.json` (every row, plus the
+same settings, so an interrupted benchmark loses at most one point; the report shows every finished point of
+these settings, so later runs with other samplers or NFEs add to it), `sampler_nfe.json` (every row, plus the
 comparison of DPM-Solver++ at `--fast_nfe` with DDIM at `--reference_nfe`, and a control: as many human training
 sentences scored the same way), and `sampler_nfe.png`.
 """
@@ -194,6 +195,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     with rows_file.open("a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
     print(json.dumps({k: v for k, v in row.items() if k not in ("key", "examples")}), flush=True)
+  # Points finished by earlier runs into the same folder with the same settings (other samplers or NFEs) are
+  # reported too, so a benchmark can be grown a few points at a time.
+  for key, row in done.items():
+    earlier = json.loads(key)
+    if earlier.pop("point") not in points and earlier == settings:
+      rows.append(row)
+  rows.sort(key=lambda r: (SAMPLERS.index(r["sampler"]), r["nfe"]))
   # The control: as many human training sentences, scored the same way (the ceiling MAUVE and judge perplexity).
   human = [train_texts[i] for i in np.random.default_rng(seed).choice(
       len(train_texts), size=min(len(train_texts), num_draws * draw_size), replace=False)]
