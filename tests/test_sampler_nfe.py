@@ -15,6 +15,9 @@ def test_plan_counts_network_calls_per_sampler():
   # pc makes 2 calls a grid time: NFE 3 is not reachable and is skipped; NFE 4 is 2 grid times.
   assert got == [("ddim", 3, 3, None), ("ddim", 4, 4, None), ("pc", 2, 4, None),
                  ("ode_adaptive", 0, None, 1e-2), ("ode_adaptive", 0, None, 1e-4)]
+  # NFE-major in the order asked, so a benchmark cut short has every sampler at the first NFEs.
+  order = [(p["sampler"], p["nfe"]) for p in sampler_nfe.plan(["ddim", "dpm_solver_pp_2m"], [25, 250])]
+  assert order == [("ddim", 25), ("dpm_solver_pp_2m", 25), ("ddim", 250), ("dpm_solver_pp_2m", 250)]
   with pytest.raises(ValueError, match="unknown sampler"):
     sampler_nfe.plan(["euler"], [4])
   with pytest.raises(ValueError, match="NFE must be >= 1"):

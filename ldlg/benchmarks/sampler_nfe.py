@@ -58,26 +58,31 @@ DEFAULT_SAMPLERS = ("ddim", "dpm_solver_pp_2m", "sde_euler", "pc", "ode_adaptive
 
 def plan(samplers: Sequence[str], nfes: Sequence[int], *, corrector_steps: int = 1,
          ode_tolerances: Sequence[float] = (1e-3,)) -> list[dict[str, Any]]:
-  """The benchmark's points: [{"sampler", "num_steps", "nfe" (None: measured), "tolerance" (ode only)}].
+  """The benchmark's points: [{"sampler", "num_steps", "nfe" (None: measured), "tolerance" (ode only)}], for
+  each NFE in the given order every sampler, then the adaptive ODE's.
 
   Raises:
     ValueError: an unknown sampler, or an NFE < 1.
   """
-  points = []
   for name in samplers:
     if name not in SAMPLERS:
       raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLERS}")
-    if name == "ode_adaptive":
-      points += [{"sampler": name, "num_steps": 0, "nfe": None, "tolerance": float(tol)} for tol in ode_tolerances]
-      continue
-    per_step = 1 + corrector_steps if name == "pc" else 1
-    for nfe in nfes:
-      if nfe < 1:
-        raise ValueError(f"NFE must be >= 1, got {nfe}")
+  if any(nfe < 1 for nfe in nfes):
+    raise ValueError(f"NFE must be >= 1, got {list(nfes)}")
+  # NFE-major, in the order given: a benchmark cut short has every sampler at the first NFEs.
+  points = []
+  for nfe in nfes:
+    for name in samplers:
+      if name == "ode_adaptive":
+        continue
+      per_step = 1 + corrector_steps if name == "pc" else 1
       if nfe % per_step:
         logging.warning("skipping pc at NFE %d: not a multiple of 1 + %d corrector steps", nfe, corrector_steps)
         continue
       points.append({"sampler": name, "num_steps": nfe // per_step, "nfe": nfe, "tolerance": None})
+  if "ode_adaptive" in samplers:  # It picks its own NFE: one point per tolerance, last.
+    points += [{"sampler": "ode_adaptive", "num_steps": 0, "nfe": None, "tolerance": float(tol)}
+               for tol in ode_tolerances]
   return points
 
 
