@@ -119,7 +119,7 @@ def test_sigterm_then_resume_is_bit_identical_to_uninterrupted(latents_root, tmp
   code, out = subprocesses.interrupt_when(
       _main_cmd(interrupted, *overrides),
       lambda: interrupted.metrics_file.exists() and len(interrupted.metrics_file.read_text().splitlines()) >= 3,
-      signal.SIGTERM, env=env, timeout=240)
+      signal.SIGTERM, env=env, timeout=600)
   # Saved, then a non-zero exit that says what happened and what to do (not "0": the run is not finished).
   assert code == signals.EXIT_CODE_INTERRUPTED, out[-3000:]
   assert "interrupted" in out and "rerun" in out, out[-3000:]

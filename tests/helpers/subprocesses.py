@@ -30,13 +30,21 @@ def interrupt_when(cmd: Sequence[str], ready: Callable[[], bool], sig: int, *, e
   """Starts cmd, waits until ready() is true, sends sig; returns (returncode, stdout+stderr).
 
   The output goes to a file, not a pipe: nobody reads a pipe while we poll, and a child that fills it (64 KiB of
-  logs) would block on its next write and never become ready. Fails if cmd ends before it could be interrupted.
+  logs) would block on its next write and never become ready. Fails if cmd ends before it could be interrupted,
+  and if it is not ready within `timeout` seconds (then it is killed, never signalled at a point the test did
+  not ask for: on a loaded machine that used to interrupt before the state the test checks).
   """
   with tempfile.TemporaryFile("w+") as log:
     proc = subprocess.Popen(list(cmd), cwd=REPO_ROOT, env=CLI_ENV if env is None else env, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not ready():
+    while proc.poll() is None and not ready():
+      if time.time() > deadline:
+        proc.kill()
+        proc.wait()
+        log.seek(0)
+        raise AssertionError(f"not ready to be interrupted after {timeout:.0f} s (machine overloaded?):\n"
+                             f"{log.read()[-3000:]}")
       time.sleep(0.02)
     running = proc.poll() is None
     if running:
