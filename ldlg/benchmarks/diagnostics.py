@@ -24,12 +24,12 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ldlg.benchmarks import plots
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import reconstruction
 from ldlg.engine.workdir import Workdir
@@ -129,12 +129,8 @@ def denoiser_by_noise(method, params, codec, batch: dict, texts: Sequence[str], 
 
 def _plot(result: dict, out_dir: pathlib.Path) -> list[str]:
   """PNG plots of both diagnostics; [] when matplotlib is not installed."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    logging.warning("matplotlib is not installed (pip install .[plots]): no plots, JSON only.")
+  plt = plots.pyplot()
+  if plt is None:
     return []
   written = []
   rob = result["decoder_robustness"]

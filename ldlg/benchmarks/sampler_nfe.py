@@ -48,6 +48,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from ldlg.benchmarks import plots
 from ldlg.benchmarks import roofline
 from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian import samplers as samplers_lib
@@ -241,12 +242,8 @@ def compare(rows: Sequence[dict], *, reference_nfe: int = 250, fast_nfe: int = 2
 
 def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
   """sampler_nfe.png: MAUVE, judge perplexity and latent samples/s against NFE; [] without matplotlib."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    logging.warning("matplotlib is not installed (pip install .[plots]): no plot, JSON only.")
+  plt = plots.pyplot()
+  if plt is None:
     return []
   rows = report["rows"]
   panels = [("mauve", "MAUVE (MiniLM) ↑"), ("perplexity", "judge perplexity ↓"),
