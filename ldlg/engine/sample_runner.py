@@ -25,8 +25,9 @@ from ldlg.engine import parallel
 
 # (params, rng, inputs {name: [b, ...]}, example_offset, global_batch) -> outputs pytree of [b, ...] arrays.
 DeviceFn = Callable[[Any, jax.Array, dict, Any, int], Any]
-# (host generator, batch size, class ids [batch size] or None) -> (inputs {name: [G, ...] host arrays},
-# per-row record fields [G] dicts).
+# (host generator, batch size, conditions [batch size] or None) -> (inputs {name: [G, ...] host arrays},
+# per-row record fields [G] dicts). Conditions are the per-sample ints given to `SampleRunner.sample` (class ids,
+# or a seq2seq sample's index, from which it knows its source), 0 on the unused rows of a last batch.
 InputsFn = Callable[[np.random.Generator, int, np.ndarray | None], tuple[dict, list[dict]]]
 # (outputs pytree of [G, ...] host arrays, inputs) -> G texts.
 DecodeFn = Callable[[Any, dict], list[str]]
@@ -90,7 +91,7 @@ class SampleRunner:
     return self._compiled[devices]
 
   def sample(self, params: Any, *, num_samples: int, seed: int, batch_size: int,
-             class_ids: np.ndarray | None = None, max_redraws: int = 5, progress: bool = False,
+             conditions: np.ndarray | None = None, max_redraws: int = 5, progress: bool = False,
              partial_path: pathlib.Path | None = None, partial_key: str = "") -> list[dict]:
     """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
 
@@ -98,6 +99,10 @@ class SampleRunner:
     `partial_key` (what the samples depend on: checkpoint, settings) skips the batches already done — replaying
     only their cheap host-side draws, so the result equals an uninterrupted run's. A stop signal ends the run
     after the current batch with `signals.Interrupted`.
+
+    `conditions` [num_samples] int (or None) is each sample's condition, handed to `make_inputs` per batch: the
+    class ids of a class-conditional model, or the sample's own index (`np.arange(num_samples)`) when the inputs
+    depend on which sample a row is (a seq2seq source).
 
     Returns:
       Records {"index", "text", "round" (0 = first draw), **the row's fields from make_inputs}, in index order.
@@ -127,11 +132,11 @@ class SampleRunner:
         bar = progress_bar(total=len(todo), desc=f"sample (round {round_})", disable=not progress)
         for start in range(0, len(todo), batch_size):
           idx = todo[start:start + batch_size]
-          cls = None
-          if class_ids is not None:
-            cls = np.zeros((batch_size,), np.int32)
-            cls[:len(idx)] = class_ids[idx]
-          inputs, fields = self.make_inputs(rng_np, batch_size, cls)  # Always: it advances the host draws.
+          cond = None
+          if conditions is not None:
+            cond = np.zeros((batch_size,), np.int32)
+            cond[:len(idx)] = conditions[idx]
+          inputs, fields = self.make_inputs(rng_np, batch_size, cond)  # Always: it advances the host draws.
           if (round_, start) in done_batches:
             batch_records, batch_empties = done_batches[(round_, start)]
           else:
@@ -166,7 +171,7 @@ class SampleRunner:
                       len(todo), num_samples, max_redraws)
       for i in todo:
         results[i] = {"index": i, "text": "", "round": max_redraws}
-    if empties:
+    if empties and max_redraws:
       logging.info("%d empty decodes were re-drawn.", empties)
     self.last_empty_count = empties
     return [results[i] for i in range(num_samples)]

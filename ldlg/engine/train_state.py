@@ -13,19 +13,23 @@ class TrainState(flax.struct.PyTreeNode):
   """Everything a training step reads and writes; a pytree, so it can be pmapped, donated and checkpointed.
 
   The optimizer transformation is static (not a pytree leaf): it is rebuilt from the config on resume, and only
-  its state is saved.
+  its state is saved. `method_state` is a method's own training state beside the parameters (DiffuSeq's loss
+  history for importance sampling of t), or None; it is saved and restored with the rest.
   """
   step: jax.Array
   params: Any
   ema_params: Any
   opt_state: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  method_state: Any = None
 
   @classmethod
-  def create(cls, params, tx: optax.GradientTransformation, *, ema: bool = True) -> "TrainState":
+  def create(cls, params, tx: optax.GradientTransformation, *, ema: bool = True,
+             method_state: Any = None) -> "TrainState":
     """A state at step 0; with ema=False no EMA copy is kept (ema_params is None)."""
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               ema_params=jax.tree.map(jnp.copy, params) if ema else None, opt_state=tx.init(params), tx=tx)
+               ema_params=jax.tree.map(jnp.copy, params) if ema else None, opt_state=tx.init(params), tx=tx,
+               method_state=method_state)
 
   def apply_gradients(self, grads, *, ema_decay: float | None, ema_warmup: bool,
                       ema_power: float = 0.0) -> "TrainState":
@@ -38,13 +42,21 @@ class TrainState(flax.struct.PyTreeNode):
     return self.replace(step=self.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
 
   def to_dict(self) -> dict:
-    """The saved form of the state (no optimizer transformation)."""
-    return {"step": self.step, "params": self.params, "ema_params": self.ema_params,
-            "opt_state": self.opt_state}
+    """The saved form of the state (no optimizer transformation; "method_state" only when there is one, so the
+    checkpoints of methods without one keep their layout)."""
+    saved = {"step": self.step, "params": self.params, "ema_params": self.ema_params,
+             "opt_state": self.opt_state}
+    if self.method_state is not None:
+      saved["method_state"] = self.method_state
+    return saved
 
   def from_dict(self, saved: dict) -> "TrainState":
+    if (self.method_state is None) != (saved.get("method_state") is None):
+      raise ValueError("the checkpoint and the run disagree on whether training keeps a method state (e.g. "
+                       "DiffuSeq's importance-sampling history, config.diffusion.importance_sampling): resume "
+                       "with the setting the run was trained with, or start a new workdir")
     return self.replace(step=saved["step"], params=saved["params"], ema_params=saved["ema_params"],
-                        opt_state=saved["opt_state"])
+                        opt_state=saved["opt_state"], method_state=saved.get("method_state"))
 
 
 def ema_decay_at(step: jax.Array, decay: float, warmup: bool, power: float = 0.0) -> jax.Array:

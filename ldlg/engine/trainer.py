@@ -57,6 +57,9 @@ class TrainJob:
     rng: base key of the steps (step s uses fold_in(rng, s)).
     ema_decay: EMA decay of the parameters, or None to keep no EMA copy.
     ema_warmup: min(decay, (1 + t) / (10 + t)) early on (or 1 - (1 + t)^-ema_power with ema_power > 0).
+    init_method_state: () -> the method's own training state (see TrainState.method_state), or None. With it,
+      `loss_fn` is (params, rng, batch, method_state) -> (loss, (metrics, new_method_state)), and the new state
+      must be the same on every device (a method gathers what it needs over `parallel.AXIS`).
   """
   init_params: Callable[[jax.Array], Any]
   loss_fn: Callable[..., Any]
@@ -67,6 +70,7 @@ class TrainJob:
   ema_decay: float | None = None
   ema_warmup: bool = True
   ema_power: float = 0.0
+  init_method_state: Callable[[], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -151,7 +155,12 @@ def train_step(state: train_state_lib.TrainState, batch: dict, *, loss_fn, base_
   # Every device gets the same key; the loss keys each example on its global index, so splitting a batch over
   # devices changes nothing.
   step_rng = jax.random.fold_in(base_rng, state.step)
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_rng, batch)
+  if state.method_state is None:
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_rng, batch)
+  else:  # A stateful loss (TrainJob.init_method_state): its new state is already the same on every device.
+    (_, (metrics, method_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, step_rng, batch, state.method_state)
+    state = state.replace(method_state=method_state)
   grads = jax.lax.pmean(grads, parallel.AXIS)
   metrics = jax.lax.pmean(metrics, parallel.AXIS)
   metrics["grad_norm"] = parallel.global_norm(grads)
@@ -252,7 +261,9 @@ def train(job: TrainJob, run: TrainRun) -> TrainResult:
   devices = list(run.devices or jax.local_devices())
   tx = train_state_lib.make_optimizer(job.optim, run.num_steps)
   params = job.init_params(job.init_rng)
-  state = train_state_lib.TrainState.create(params, tx, ema=job.ema_decay is not None)
+  state = train_state_lib.TrainState.create(
+      params, tx, ema=job.ema_decay is not None,
+      method_state=job.init_method_state() if job.init_method_state else None)
   ckpt = checkpoints_lib.Checkpointer(run.checkpoint_dir, keep=run.keep_checkpoints)
   seconds_before = 0.0
   try:

@@ -119,7 +119,7 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -
   origin = provenance.sample_provenance(config, provenance.latest_step(model_dir(workdir) / "checkpoints"))
   partial = workdir.root / "samples.partial.jsonl"
   records = runner.sample(params, num_samples=sc.num_samples, seed=sc.seed, batch_size=sc.batch_size,
-                          class_ids=sample_runner.resolve_class_ids(0, sc.num_samples, None),
+                          conditions=sample_runner.resolve_class_ids(0, sc.num_samples, None),
                           max_redraws=sc.max_redraws, progress=True, partial_path=partial,
                           partial_key=json.dumps(origin, sort_keys=True))
   settings = {"sampler": "ancestral" if sc.top_p >= 1 else f"nucleus(top_p={sc.top_p})",

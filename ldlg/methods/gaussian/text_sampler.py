@@ -175,5 +175,5 @@ class TextSampler:
     """
     class_ids = sample_runner.resolve_class_ids(self.method.num_classes, num_samples, class_id)
     return self._runner.sample(params, num_samples=num_samples, seed=seed,
-                               batch_size=batch_size or self.config.sample.batch_size, class_ids=class_ids,
+                               batch_size=batch_size or self.config.sample.batch_size, conditions=class_ids,
                                max_redraws=self.config.sample.max_redraws, progress=progress, **resume)

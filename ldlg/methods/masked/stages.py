@@ -139,7 +139,7 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -
   origin = provenance.sample_provenance(config, meta.get("data_position"))
   partial = workdir.root / "samples.partial.jsonl"
   records = runner.sample(params, num_samples=sc.num_samples, seed=sc.seed, batch_size=sc.batch_size,
-                          class_ids=class_ids, max_redraws=sc.max_redraws, progress=True, partial_path=partial,
+                          conditions=class_ids, max_redraws=sc.max_redraws, progress=True, partial_path=partial,
                           partial_key=json.dumps(origin, sort_keys=True))
   settings = {"sampler": "masked_cached" if sc.get("cache", True) else "masked_ancestral",
               "num_steps": sc.num_steps, "top_p": sc.top_p, "guidance_scale": sc.guidance_scale,
