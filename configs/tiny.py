@@ -1,7 +1,8 @@
 r"""Tiny end-to-end config for tests and smoke runs: every stage in seconds on one CPU core.
 
   python -m ldlg.main --config=configs/tiny.py --workdir=/tmp/ldlg_tiny --mode=pipeline --data_dir=../shared/data
-  (`configs/tiny.py:ar` and `:mdlm`: the same for the autoregressive baseline and masked diffusion.)
+  (`configs/tiny.py:ar`, `:mdlm` and `:diffuseq`: the same for the autoregressive baseline, masked diffusion and
+  DiffuSeq.)
   Hardware: any CPU; a few minutes including compilation.
   Reaches: nothing meaningful (a few hundred sentences, tens of steps); it checks the plumbing, not quality.
 """
@@ -10,7 +11,8 @@ from configs import default
 
 
 def get_config(arg: str | None = None):
-  """arg: None (LD4LG), "ar" (the autoregressive baseline) or "mdlm" (masked diffusion), each tiny."""
+  """arg: None (LD4LG), "ar" (the autoregressive baseline), "mdlm" (masked diffusion) or "diffuseq" (seq2seq on
+  E2E's meaning representations), each tiny."""
   config = _ld4lg()
   if arg == "ar":
     default.make_autoregressive_cpu(config)
@@ -20,12 +22,21 @@ def get_config(arg: str | None = None):
     default.make_masked_cpu(config)
     config.tokenizer.vocab_size = 512
     config.model.update(dim=32, num_layers=2, num_heads=2)
+  elif arg == "diffuseq":
+    default.make_diffuseq_cpu(config)
+    config.tokenizer.vocab_size = 512
+    config.data.update(max_length=64, max_source_length=40)
+    config.diffusion.num_timesteps = 100
+    config.model.update(embed_dim=16, dim=32, num_layers=2, num_heads=2, dropout=0.0)
   elif arg:
-    raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar' or 'mdlm'")
+    raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar', 'mdlm' or 'diffuseq'")
   if arg:
     config.optim.update(lr=1e-3, warmup_steps=5)
     config.train.update(num_steps=20, batch_size=8, log_every=5, ckpt_every=10, keep_checkpoints=2)
-    config.sample.update(num_samples=8, batch_size=4)
+    if arg == "diffuseq":  # 4 validation MRs x 3 candidates.
+      config.sample.update(num_sources=4, num_candidates=3, batch_size=6, num_steps=10)
+    else:
+      config.sample.update(num_samples=8, batch_size=4)
     if arg == "mdlm":
       config.sample.num_steps = 16
   return config

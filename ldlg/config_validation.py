@@ -373,3 +373,38 @@ def _eval(c: Checker) -> None:
   draws, n = c.get("eval.num_draws"), c.get("sample.num_samples")
   if isinstance(draws, int) and isinstance(n, int) and n < draws:
     c.add("eval.num_draws", draws, f"<= config.sample.num_samples={n} (each draw needs samples)")
+
+
+@register_check
+def _diffuseq(c: Checker) -> None:
+  """DiffuSeq's fields (`configs/default.make_diffuseq_cpu`), checked only when config.method is "diffuseq"."""
+  if c.get("method") != "diffuseq":
+    return
+  from ldlg.data import datasets  # pylint: disable=g-import-not-at-top
+  from ldlg.methods.gaussian import schedules  # pylint: disable=g-import-not-at-top
+  from ldlg.methods.seq2seq import rounding  # pylint: disable=g-import-not-at-top
+  c.count("data.max_source_length", lo=3)
+  c.count("model.embed_dim")
+  c.count("model.vocab_size", lo=0)
+  c.count("sample.num_candidates")
+  c.count("sample.num_sources", lo=0)
+  c.choice("sample.rounding", rounding.ROUNDINGS)
+  c.boolean("sample.clamp")
+  c.choice("diffusion.schedule", schedules.SCHEDULES)
+  c.boolean("diffusion.importance_sampling")
+  c.boolean("diffusion.learn_padding")
+  c.probability("diffusion.importance_uniform_prob")
+  c.count("diffusion.importance_history")
+  source, length = c.get("data.max_source_length"), c.get("model.max_len")
+  if isinstance(source, int) and isinstance(length, int) and source >= length:
+    c.add("data.max_source_length", source, f"< config.model.max_len={length} (the target needs positions too)",
+          f"lower --config.data.max_source_length, or raise --config.data.max_length above {source}")
+  name = c.get("data.name")
+  if isinstance(name, str):
+    try:
+      spec, _ = datasets.get_spec(name)
+    except ValueError:
+      return  # _data names the problem.
+    if not spec.has_source:
+      c.add("data.name", name, "a sequence-to-sequence dataset with a source field (e2e, qqp) for DiffuSeq",
+            "use --config=configs/e2e.py:diffuseq_cpu, or another method for this dataset")

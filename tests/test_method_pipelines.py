@@ -41,3 +41,31 @@ def test_every_method_is_registered_under_its_name():
     assert methods.get(name).name == name
   with pytest.raises(ValueError, match="unknown method 'nope'"):
     methods.get("nope")
+
+
+@pytest.mark.slow
+def test_tiny_diffuseq_pipeline_writes_candidates_per_source_and_the_seq2seq_table(tmp_path, data_dir, caplog):
+  from ldlg.data.seq2seq import group_references
+  from ldlg.data.splits import load_texts
+  config = tiny.get_config("diffuseq")
+  wd = Workdir(tmp_path / "wd")
+  pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
+  records = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
+  k, n = config.sample.num_candidates, config.sample.num_sources
+  # Candidate c of source s is sample s * k + c, for the first n distinct validation sources, in order.
+  sources = [s for s, _ in group_references(load_texts(config, data_dir, wd, "validation"))[:n]]
+  assert [(r["source_index"], r["candidate"]) for r in records] == [(s, c) for s in range(n) for c in range(k)]
+  assert [r["source"] for r in records] == [s for s in sources for _ in range(k)]
+  assert records[0]["seconds_per_source"] > 0 and records[0]["checkpoint_step"] == config.train.num_steps
+  metrics = json.loads(wd.metrics_json.read_text())
+  for system in ("first", "mbr"):
+    report = metrics["seq2seq"][system]
+    assert report["num_sources"] == n and 0.0 <= report["slot_error_rate"] <= 1.0
+    assert 0.0 <= report["bleu"] <= 100.0 and report["bertscore_model"]
+  assert metrics["num_candidates"] == k
+  # Trained with the importance sampler of t (its loss reports whether the sampler is warm yet).
+  log = [json.loads(l) for l in (wd.root / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in log] == [5, 10, 15, 20] and all("importance_warm" in l for l in log)
+  caplog.set_level("INFO")
+  pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
+  assert all(f"Stage {s.name}: already done" in caplog.text for s in methods.stages(config))

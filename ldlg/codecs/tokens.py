@@ -144,14 +144,18 @@ class TokenCodec(base.Codec):
 
 def train_tokenizer_stage(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> None:
   """`--mode=tokenizer`: trains the byte-level BPE on the train split into <workdir>/tokenizer (skipped when
-  config.tokenizer.path names an existing tokenizer)."""
+  config.tokenizer.path names an existing tokenizer). With `config.tokenizer.include_source` (seq2seq runs) the
+  records' sources are part of the corpus too, so a meaning representation's slot names get their own merges."""
   from ldlg.codecs.bart import tokenizer as tokenizer_lib
   from ldlg.data.splits import load_texts
   if config.tokenizer.get("path", ""):
     load_tokenizer(config, workdir)  # Fails now, naming the path, if it is not there.
     logging.info("Using the tokenizer at %s.", config.tokenizer.path)
     return
-  texts = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.train_split)]
+  records = load_texts(config, data_dir, workdir, config.data.train_split)
+  texts = [r["text"] for r in records]
+  if config.tokenizer.get("include_source", False):
+    texts += [r["source"] for r in records if r.get("source")]
   tokenizer_lib.train_tokenizer(texts, config.tokenizer.vocab_size, workdir.root / "tokenizer",
                                 min_frequency=config.tokenizer.min_frequency)
 

@@ -34,7 +34,7 @@ from ldlg.methods.seq2seq.network import Seq2SeqDenoiser
 
 # Which config fields are read, with their defaults (DiffuSeq's settings where it has one).
 DIFFUSION_DEFAULTS = {"schedule": "sqrt", "num_timesteps": 2000, "learn_padding": True, "embed_noise": True,
-                      "importance_history": importance.HISTORY, "importance_uniform_prob": importance.UNIFORM_PROB}
+                      "importance_sampling": True, "importance_history": importance.HISTORY, "importance_uniform_prob": importance.UNIFORM_PROB}
 SAMPLE_DEFAULTS = {"num_steps": 200, "eta": 1.0, "clamp": True, "rounding": "logits"}
 
 
@@ -78,16 +78,18 @@ class DiffuSeq(Method):
     self._eval_terms = losses_lib.make_per_example_loss_fn(network, schedule, train=False, **kw)
 
   @classmethod
-  def from_config(cls, config: Any, *, pad_id: int | None = None, end_id: int | None = None) -> "DiffuSeq":
+  def from_config(cls, config: Any, *, pad_id: int | None = None, end_id: int | None = None,
+                  vocab_size: int | None = None) -> "DiffuSeq":
     """The one place DiffuSeq is built from a config.
 
     Reads:
-      config.model: `Seq2SeqDenoiser(**config.model)` fields (vocab_size — the codec's —, embed_dim, dim,
-        num_layers, num_heads, ff_mult, max_len, dropout, dtype, embed_init_std); `num_timesteps`, if absent,
-        is taken from config.diffusion.
+      config.model: `Seq2SeqDenoiser(**config.model)` fields (vocab_size — the codec's; the `vocab_size`
+        argument, when given, replaces it —, embed_dim, dim, num_layers, num_heads, ff_mult, max_len, dropout,
+        dtype, embed_init_std); `num_timesteps`, if absent, is taken from config.diffusion.
       config.diffusion: `schedule` ("sqrt"), `num_timesteps` (2000), `learn_padding` (True), `embed_noise`
         (True), `importance_history` (10), `importance_uniform_prob` (0.001), and `pad_id` / `end_id` when
-        not passed as arguments (the codec's ids; the pipeline passes them).
+        not passed as arguments (the codec's ids; the pipeline passes them). `importance_sampling` (True) is
+        read by the train stage (`stages.py`), which then trains with `importance_loss_fn`.
       config.sample (optional): `num_steps` (200), `eta` (1.0), `clamp` (True), `rounding` ("logits").
     A missing field takes the default in brackets.
     """
@@ -96,6 +98,8 @@ class DiffuSeq(Method):
     num_timesteps = int(get("num_timesteps"))
     model_kw = dict(config.model)
     model_kw.setdefault("num_timesteps", num_timesteps)
+    if vocab_size is not None:
+      model_kw["vocab_size"] = int(vocab_size)
     pad_id = pad_id if pad_id is not None else getattr(diffusion, "pad_id", None)
     if pad_id is None:
       raise ValueError("DiffuSeq needs the codec's pad token id: pass pad_id= or set config.diffusion.pad_id")
@@ -107,6 +111,11 @@ class DiffuSeq(Method):
                end_id=end_id, learn_padding=bool(get("learn_padding")), embed_noise=bool(get("embed_noise")),
                sample_defaults=sample_defaults, importance_history=int(get("importance_history")),
                importance_uniform_prob=float(get("importance_uniform_prob")))
+
+  @staticmethod
+  def stages() -> tuple:
+    from ldlg.methods.seq2seq import stages  # pylint: disable=import-outside-toplevel
+    return stages.stages()
 
   def init_params(self, rng: jax.Array) -> Any:
     """The network's parameters (embedding included), from a dummy [1, 2] sequence (shapes do not depend on L)."""
