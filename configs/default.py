@@ -286,6 +286,29 @@ def make_diffuseq_cpu(config: ml_collections.ConfigDict) -> ml_collections.Confi
   return config
 
 
+def make_bart_seq2seq(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The autoregressive seq2seq baseline (ldlg/methods/bart_seq2seq) on top of an LD4LG sizing; `:ar_seq2seq_cpu`
+  is it on the `:cpu` sizing (seq2seq datasets: E2E).
+
+  The run's BART — on `:cpu` the project's small one, pretrained on the corpus exactly as the main job's (the
+  `autoencoder` section; or reuse that one with `--config.autoencoder.pretrain=False
+  --config.autoencoder.name=runs/e2e_cpu/autoencoder`) — fine-tuned on (meaning representation -> text) with
+  teacher forcing for the DiffuSeq row's budget (3,000 steps at batch 64), then decoded with 4 beams and no
+  repetition penalty or n-gram blocking (data-to-text repeats words such as "the" and "is" legitimately).
+  Sources up to 64 BART tokens.
+  """
+  config.method = "bart_seq2seq"
+  for section in ("diffusion", "model"):
+    del config[section]
+  config.data.max_source_length = 64
+  config.autoencoder.update(num_beams=4, repetition_penalty=1.0, no_repeat_ngram_size=0)
+  config.optim.update(lr=3e-4, warmup_steps=200, b2=0.98)
+  config.train = d(num_steps=3000, batch_size=64, log_every=50, ckpt_every=500, keep_checkpoints=2)
+  config.sample = d(num_sources=100, num_candidates=1, batch_size=50, seed=0, checkpoint_step=-1)
+  config.eval.update(featurizer="minilm", ppl_model="")
+  return config
+
+
 def _link_schedule_to_model(config: ml_collections.ConfigDict) -> None:
   """The denoiser reads the schedule for its ᾱ / log-SNR time input: linked, so they cannot disagree."""
   for model_field, diffusion_field in (("noise_schedule", "schedule"), ("beta_start", "beta_start"),
@@ -353,6 +376,7 @@ VARIANTS = {
     "ar_cpu": make_autoregressive_cpu,
     "mdlm_cpu": make_masked_cpu,
     "diffuseq_cpu": make_diffuseq_cpu,
+    "ar_seq2seq_cpu": lambda config: make_bart_seq2seq(make_cpu_sized(config)),
     "official_v1": make_official_v1,
     "cpu_official_v1": lambda config: make_official_v1(make_cpu_sized(config)),
     "later": make_later_version,
@@ -362,7 +386,8 @@ VARIANTS = {
 
 def apply_variant(config: ml_collections.ConfigDict, arg: str | None, name: str) -> ml_collections.ConfigDict:
   """The dataset configs' variants: none (paper), `cpu` (offline LD4LG), `ar_cpu` (offline GPT-2 baseline),
-  `mdlm_cpu` (offline masked diffusion), `diffuseq_cpu` (offline DiffuSeq, seq2seq datasets only), `official_v1` / `later` (the official code's first-version recipe / the
+  `mdlm_cpu` (offline masked diffusion), `diffuseq_cpu` / `ar_seq2seq_cpu` (offline DiffuSeq / BART seq2seq
+  baseline; seq2seq datasets only), `official_v1` / `later` (the official code's first-version recipe / the
   paper's later version, paper size), and `cpu_official_v1` / `cpu_later` (the same on the `cpu` sizing)."""
   if arg in VARIANTS:
     return VARIANTS[arg](config)

@@ -11,8 +11,8 @@ from configs import default
 
 
 def get_config(arg: str | None = None):
-  """arg: None (LD4LG), "ar" (the autoregressive baseline), "mdlm" (masked diffusion) or "diffuseq" (seq2seq on
-  E2E's meaning representations), each tiny."""
+  """arg: None (LD4LG), "ar" (the autoregressive baseline), "mdlm" (masked diffusion), "diffuseq" (seq2seq on
+  E2E's meaning representations) or "ar_seq2seq" (the BART seq2seq baseline), each tiny."""
   config = _ld4lg()
   if arg == "ar":
     default.make_autoregressive_cpu(config)
@@ -28,13 +28,19 @@ def get_config(arg: str | None = None):
     config.data.update(max_length=64, max_source_length=40)
     config.diffusion.num_timesteps = 100
     config.model.update(embed_dim=16, dim=32, num_layers=2, num_heads=2, dropout=0.0)
+  elif arg == "ar_seq2seq":
+    default.make_bart_seq2seq(config)
+    config.data.max_source_length = 48
   elif arg:
-    raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar', 'mdlm' or 'diffuseq'")
+    raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar', 'mdlm', 'diffuseq' or "
+                     "'ar_seq2seq'")
   if arg:
     config.optim.update(lr=1e-3, warmup_steps=5)
     config.train.update(num_steps=20, batch_size=8, log_every=5, ckpt_every=10, keep_checkpoints=2)
     if arg == "diffuseq":  # 4 validation MRs x 3 candidates.
       config.sample.update(num_sources=4, num_candidates=3, batch_size=6, num_steps=10)
+    elif arg == "ar_seq2seq":  # 4 validation MRs, one beam-search output each.
+      config.sample.update(num_sources=4, batch_size=2)
     else:
       config.sample.update(num_samples=8, batch_size=4)
     if arg == "mdlm":

@@ -32,6 +32,8 @@ _MISSING = object()
 
 # Values of `config.method` for which the Gaussian latent diffusion (LD4LG) choices are checked.
 GAUSSIAN_METHODS = ("ld4lg", "gaussian")
+# Methods that read (source, target) pairs.
+SEQ2SEQ_METHODS = ("diffuseq", "bart_seq2seq")
 # Compute dtypes of the denoiser (ldlg/networks/denoiser.py) and of the frozen BART (any jnp dtype name).
 DENOISER_DTYPES = ("float32", "bfloat16")
 AUTOENCODER_DTYPES = ("float32", "bfloat16", "float16")
@@ -376,18 +378,39 @@ def _eval(c: Checker) -> None:
 
 
 @register_check
+def _seq2seq(c: Checker) -> None:
+  """The seq2seq methods (DiffuSeq, the BART baseline) need a dataset with sources, and room for the target."""
+  method = c.get("method")
+  if method not in SEQ2SEQ_METHODS:
+    return
+  from ldlg.data import datasets  # pylint: disable=g-import-not-at-top
+  c.count("data.max_source_length", lo=3)
+  c.count("sample.num_candidates")
+  c.count("sample.num_sources", lo=0)
+  name = c.get("data.name")
+  if isinstance(name, str):
+    try:
+      spec, _ = datasets.get_spec(name)
+    except ValueError:
+      return  # _data names the problem.
+    if not spec.has_source:
+      c.add("data.name", name, f"a sequence-to-sequence dataset with a source field (e2e, qqp) for {method}",
+            "use --config=configs/e2e.py:diffuseq_cpu (or :ar_seq2seq_cpu), or another method for this dataset")
+  source, positions = c.get("data.max_source_length"), c.get("autoencoder.max_position_embeddings")
+  if method == "bart_seq2seq" and isinstance(source, int) and isinstance(positions, int) and source > positions:
+    c.add("data.max_source_length", source, f"<= config.autoencoder.max_position_embeddings={positions} (the "
+          "encoder cannot read past its positions)")
+
+
+@register_check
 def _diffuseq(c: Checker) -> None:
   """DiffuSeq's fields (`configs/default.make_diffuseq_cpu`), checked only when config.method is "diffuseq"."""
   if c.get("method") != "diffuseq":
     return
-  from ldlg.data import datasets  # pylint: disable=g-import-not-at-top
   from ldlg.methods.gaussian import schedules  # pylint: disable=g-import-not-at-top
   from ldlg.methods.seq2seq import rounding  # pylint: disable=g-import-not-at-top
-  c.count("data.max_source_length", lo=3)
   c.count("model.embed_dim")
   c.count("model.vocab_size", lo=0)
-  c.count("sample.num_candidates")
-  c.count("sample.num_sources", lo=0)
   c.choice("sample.rounding", rounding.ROUNDINGS)
   c.boolean("sample.clamp")
   c.choice("diffusion.schedule", schedules.SCHEDULES)
@@ -399,12 +422,3 @@ def _diffuseq(c: Checker) -> None:
   if isinstance(source, int) and isinstance(length, int) and source >= length:
     c.add("data.max_source_length", source, f"< config.model.max_len={length} (the target needs positions too)",
           f"lower --config.data.max_source_length, or raise --config.data.max_length above {source}")
-  name = c.get("data.name")
-  if isinstance(name, str):
-    try:
-      spec, _ = datasets.get_spec(name)
-    except ValueError:
-      return  # _data names the problem.
-    if not spec.has_source:
-      c.add("data.name", name, "a sequence-to-sequence dataset with a source field (e2e, qqp) for DiffuSeq",
-            "use --config=configs/e2e.py:diffuseq_cpu, or another method for this dataset")

@@ -14,6 +14,7 @@ MODULES = {
     "autoregressive": "ldlg.methods.autoregressive.method",
     "diffuseq": "ldlg.methods.seq2seq.method",
     "masked": "ldlg.methods.masked.method",
+    "bart_seq2seq": "ldlg.methods.bart_seq2seq.method",
 }
 
 

@@ -1,0 +1,175 @@
+"""The pipeline stages of the BART seq2seq baseline (E2E: meaning representation -> text).
+
+  pretrain_autoencoder  <workdir>/autoencoder/: the project's small BART pretrained on the corpus (the LD4LG
+                        stage, skipped with config.autoencoder.pretrain=False and a BART named instead)
+  train                 <workdir>/checkpoints/, metrics.jsonl: fine-tuning on (source, target) pairs (the engine's
+                        trainer; no EMA)
+  sample                <workdir>/samples.jsonl: one beam-search output (candidate 0) for each of the first
+                        `config.sample.num_sources` distinct eval sources, the same records as DiffuSeq's
+  evaluate              <workdir>/metrics.json: the seq2seq table (`ldlg.evaluation.seq2seq_stage`; "first" only)
+
+Sources are cut to `config.data.max_source_length` BART tokens, targets to `config.data.max_length` (<s> and </s>
+included); decoding uses `config.autoencoder`'s decode settings (`codec.decode_settings`), as LD4LG does.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from ldlg.codecs.bart import codec as bart_codec
+from ldlg.codecs.bart import stages as bart_stages
+from ldlg.data.batching import pad_width
+from ldlg.data.splits import load_texts
+from ldlg.data.step_batches import batch_indices
+from ldlg.engine import checkpoints
+from ldlg.engine import parallel
+from ldlg.engine import provenance
+from ldlg.engine import sample_runner
+from ldlg.engine import signals
+from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import trainer
+from ldlg.engine.stage import Stage
+from ldlg.engine.workdir import Workdir
+from ldlg.methods.bart_seq2seq.method import BartSeq2Seq
+
+PAD_MULTIPLE = 16  # Batches are padded to a multiple of this: few compiled shapes.
+
+
+def token_ids(tokenizer, texts, max_length: int) -> tuple[list[np.ndarray], int]:
+  """`<s> text </s>` ids per text, cut to max_length; with the number cut."""
+  ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if len(texts) else []
+  cut = sum(len(x) > max_length for x in ids)
+  # A cut sequence keeps its </s>: the decoder must still learn where a text ends.
+  return [np.asarray(x if len(x) <= max_length else x[:max_length - 1] + x[-1:], np.int32) for x in ids], cut
+
+
+def _pad(seqs, width: int, pad_id: int) -> np.ndarray:
+  out = np.full((len(seqs), width), pad_id, np.int32)
+  for i, s in enumerate(seqs):
+    out[i, :len(s)] = s
+  return out
+
+
+def pair_batch(sources, targets, step: int, *, batch_size: int, seed: int, pad_id: int, start_id: int,
+               max_source_length: int, max_length: int) -> dict[str, np.ndarray]:
+  """Step `step`'s batch (the project's one index rule): the source as encoder input, the target as labels and,
+  shifted right behind BART's decoder start token, as decoder input. All [B, W] int32, W padded to 16s."""
+  idx = batch_indices(step, len(sources), batch_size, seed)
+  src, tgt = [sources[i] for i in idx], [targets[i] for i in idx]
+  input_ids = _pad(src, pad_width(max(map(len, src)), PAD_MULTIPLE, max_source_length), pad_id)
+  labels = _pad(tgt, pad_width(max(map(len, tgt)), PAD_MULTIPLE, max_length), pad_id)
+  start = np.full((len(tgt), 1), start_id, np.int32)
+  return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).astype(np.int32),
+          "decoder_input_ids": np.concatenate([start, labels[:, :-1]], axis=1), "labels": labels}
+
+
+def _check_pairs(config, records, split):
+  if records and "source" not in records[0]:
+    raise ValueError(f"dataset {config.data.name!r} has no source field: the seq2seq baseline needs (source, "
+                     "target) pairs (E2E, QQP)")
+  if not records:
+    raise ValueError(f"the {split} split of {config.data.name} is empty")
+
+
+def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> trainer.TrainResult:
+  autoencoder = bart_codec.load_autoencoder(config, workdir)
+  devices = jax.local_devices()
+  method = BartSeq2Seq(autoencoder, len(devices))
+  tokenizer = autoencoder.tokenizer
+  records = load_texts(config, data_dir, workdir, config.data.train_split)
+  _check_pairs(config, records, config.data.train_split)
+  records = [r for r in records if r["source"].strip() and r["text"].strip()]
+  sources, src_cut = token_ids(tokenizer, [r["source"] for r in records], int(config.data.max_source_length))
+  targets, tgt_cut = token_ids(tokenizer, [r["text"] for r in records], int(config.data.max_length))
+  if src_cut or tgt_cut:
+    logging.info("%d of %d sources cut to %d tokens, %d targets to %d.", src_cut, len(records),
+                 config.data.max_source_length, tgt_cut, config.data.max_length)
+  start_id = autoencoder.decode_options().decoder_start_token_id
+
+  def batches(start_step):
+    for step in itertools.count(start_step):
+      batch = pair_batch(sources, targets, step, batch_size=config.train.batch_size, seed=config.seed,
+                         pad_id=tokenizer.pad_token_id, start_id=start_id,
+                         max_source_length=int(config.data.max_source_length),
+                         max_length=int(config.data.max_length))
+      yield parallel.shard_batch(batch, len(devices))
+
+  key = jax.random.PRNGKey(config.seed)
+  job = trainer.TrainJob(init_params=method.init_params, loss_fn=method.loss_fn, batches=batches,
+                         optim=config.optim, init_rng=key, rng=key, ema_decay=None)
+  meta = {"config": config.to_dict(), "method": "bart_seq2seq", "autoencoder": autoencoder.name}
+  run = trainer.TrainRun(directory=workdir.root, num_steps=config.train.num_steps, log_every=config.train.log_every,
+                         ckpt_every=config.train.ckpt_every, keep_checkpoints=config.train.keep_checkpoints,
+                         meta=meta, desc="train (bart seq2seq)", devices=devices)
+  result = trainer.train(job, run)
+  if result.stopped_by == "signal":
+    raise signals.Interrupted(f"fine-tuning was interrupted at step {result.step} (checkpoint saved)")
+  return result
+
+
+def train_done(config, workdir: Workdir, data_dir=None) -> bool:
+  latest = provenance.latest_step(workdir.checkpoint_dir)
+  return latest is not None and latest >= config.train.num_steps
+
+
+def load_finetuned(config, workdir: Workdir, step: int = -1):
+  """(an Autoencoder with the fine-tuned params that encodes up to `data.max_source_length` source tokens,
+  checkpoint meta)."""
+  from ldlg.codecs.bart.autoencoder import Autoencoder  # pylint: disable=import-outside-toplevel
+  pretrained = bart_codec.load_autoencoder(config, workdir)
+  tx = train_state_lib.make_optimizer(config.optim, config.train.num_steps)
+  target = train_state_lib.TrainState.create(pretrained.params, tx, ema=False).to_dict()
+  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
+  try:
+    saved, meta = ckpt.restore(target, step)
+  finally:
+    ckpt.close()
+  finetuned = Autoencoder(pretrained.model, pretrained.tokenizer, params=saved["params"],
+                          max_length=int(config.data.max_source_length), name=f"{pretrained.name} (fine-tuned)")
+  return finetuned, meta
+
+
+def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> list[dict]:
+  from ldlg.methods.seq2seq.stages import eval_sources  # pylint: disable=import-outside-toplevel
+  autoencoder, meta = load_finetuned(config, workdir, config.sample.checkpoint_step)
+  sources = [s for s, _ in eval_sources(config, workdir, data_dir)]
+  decode = bart_codec.decode_settings(config.autoencoder)
+  batch_size = int(config.sample.batch_size)
+
+  def generate(texts):
+    latents, mask = autoencoder.encode(texts, batch_size=batch_size)
+    return autoencoder.decode(latents, mask, batch_size=batch_size, **decode)
+
+  generate(sources[:batch_size])  # Compiles encoder and beam search, so the timing below is the decoding's.
+  start = time.perf_counter()
+  texts = []
+  bar = sample_runner.progress_bar(total=len(sources), desc="beam search")
+  for lo in range(0, len(sources), batch_size):
+    texts += generate(sources[lo:lo + batch_size])
+    bar.update(len(sources[lo:lo + batch_size]))
+  bar.close()
+  seconds_per_source = (time.perf_counter() - start) / len(sources)
+  origin = provenance.sample_provenance(config, meta.get("data_position"))
+  records = [{"index": i, "source_index": i, "candidate": 0, "source": s, "text": t}
+             for i, (s, t) in enumerate(zip(sources, texts))]
+  settings = {"sampler": "beam_search", **decode, "num_candidates": 1, "seconds_per_source": seconds_per_source,
+              **origin}
+  sample_runner.write_samples(records, workdir.samples_file, settings)
+  logging.info("Wrote %d outputs to %s (%.3g s per source).", len(records), workdir.samples_file,
+               seconds_per_source)
+  return records
+
+
+def sample_done(config, workdir: Workdir, data_dir=None) -> bool:
+  return provenance.samples_current(config, workdir.samples_file, workdir.checkpoint_dir)
+
+
+def stages():
+  from ldlg.evaluation.seq2seq_stage import EVALUATE_SEQ2SEQ  # pylint: disable=import-outside-toplevel
+  return (bart_stages.PRETRAIN, Stage("train", train, train_done), Stage("sample", sample, sample_done),
+          EVALUATE_SEQ2SEQ)
