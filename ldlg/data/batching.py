@@ -6,6 +6,9 @@ max_length / multiple shapes and short batches do not pay for max_length.
 """
 
 import math
+from typing import Sequence
+
+import numpy as np
 
 
 def pad_width(longest: int, multiple: int, max_length: int) -> int:
@@ -19,3 +22,21 @@ def pad_width(longest: int, multiple: int, max_length: int) -> int:
 def bucket_widths(max_length: int, multiple: int) -> tuple[int, ...]:
   """Every width `pad_width` can return: multiples of `multiple` below max_length, then max_length."""
   return tuple(range(multiple, max_length, multiple)) + (max_length,)
+
+
+def pad_rows(seqs: Sequence[Sequence[int]], width: int, pad_id: int) -> np.ndarray:
+  """[B, width] int32: each sequence left-aligned, cut to `width`, the rest `pad_id`."""
+  out = np.full((len(seqs), width), pad_id, np.int32)
+  for row, seq in enumerate(seqs):
+    seq = seq[:width]
+    out[row, :len(seq)] = seq
+  return out
+
+
+def teacher_forcing_batch(input_ids: np.ndarray, labels: np.ndarray, *, pad_id: int,
+                          start_id: int) -> dict[str, np.ndarray]:
+  """An encoder-decoder training batch: encoder `input_ids` [B, S] with its attention_mask (int32), `labels`
+  [B, P] and the decoder's input [B, P], BART's shift_tokens_right (`start_id`, then the labels but the last)."""
+  start = np.full((len(labels), 1), start_id, np.int32)
+  return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).astype(np.int32),
+          "decoder_input_ids": np.concatenate([start, labels[:, :-1]], axis=1), "labels": labels}

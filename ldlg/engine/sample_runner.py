@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -70,6 +71,8 @@ class SampleRunner:
     make_inputs: builds a batch's host inputs (lengths, masks, class ids) and the per-row record fields.
     decode: the codec's decoder, outputs -> texts.
     devices: devices to shard over (default all local; reduced to a divisor of the batch size).
+    batch_seconds: after `sample`, the wall time of each batch it computed (not those read back from a partial
+      file), from the sampler's call to its outputs on the host: the first one includes compilation.
   """
   device_fn: DeviceFn
   make_inputs: InputsFn
@@ -79,6 +82,7 @@ class SampleRunner:
   def __post_init__(self):
     self._compiled = {}
     self.last_empty_count = 0
+    self.batch_seconds: list[float] = []
 
   def _pmapped(self, devices: tuple):
     if devices not in self._compiled:
@@ -122,6 +126,7 @@ class SampleRunner:
     todo = list(range(num_samples))
     results: dict[int, dict] = {}
     empties = 0
+    self.batch_seconds = []
     # The stop handler is installed before the partial file appears: a stop signal that comes once the file
     # exists always lets the batch in flight finish and be saved.
     with signals.StopSignal() as stop, contextlib.ExitStack() as files:
@@ -141,9 +146,11 @@ class SampleRunner:
             batch_records, batch_empties = done_batches[(round_, start)]
           else:
             batch_key = jax.random.fold_in(jax.random.fold_in(key, round_), start)
+            began = time.perf_counter()
             outputs = p_sample(replicated, batch_key, parallel.shard_batch(inputs, n_dev))
             outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]),
                                    jax.device_get(outputs))
+            self.batch_seconds.append(time.perf_counter() - began)
             texts = self.decode(outputs, inputs)
             batch_records, batch_empties = [], 0
             for j, i in enumerate(idx):

@@ -9,25 +9,15 @@ Each report has multi-reference BLEU (sacrebleu), ROUGE-L (best over references)
 self-BLEU and div-4, and for E2E the slot error rate (`slot_error`: the source *is* the meaning representation).
 `seconds_per_source` (the sampler's time for all candidates of one source) is copied from the samples.
 Written to `<workdir>/metrics.json` as {"seq2seq": {"first": ..., "mbr": ...}, "num_candidates",
-"seconds_per_source", "provenance"}; its provenance marks the stage done, as the other methods' evaluate.
+"seconds_per_source", "provenance"} by the evaluate frame all methods share (`stage.evaluate_stage`).
 """
 import collections
-import json
 
-from absl import logging
-
-from ldlg.engine import provenance
-from ldlg.engine import signals
-from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
+from ldlg.evaluation.stage import evaluate_stage
 
 # Datasets whose source is an E2E meaning representation (scored with the slot error rate).
 MR_DATASETS = ("e2e",)
-
-
-def evaluate(config, workdir: Workdir, data_dir) -> dict:
-  with signals.RaiseOnSignal("evaluation"):  # metrics.json is written at the end, atomically.
-    return _evaluate(config, workdir, data_dir)
 
 
 def candidates_by_source(records: list[dict]) -> dict[str, list[str]]:
@@ -53,16 +43,12 @@ def candidates_by_source(records: list[dict]) -> dict[str, list[str]]:
   return out
 
 
-def _evaluate(config, workdir: Workdir, data_dir) -> dict:
+def score_seq2seq(config, workdir: Workdir, data_dir, records: list[dict]) -> dict:
+  """The "first" and "mbr" reports over the sampled sources (see the module docstring)."""
   from ldlg.data.seq2seq import group_references
   from ldlg.data.splits import load_texts
-  from ldlg.evaluation import evaluate as evaluate_lib
   from ldlg.evaluation import featurizers
   from ldlg.evaluation import mbr
-  if not workdir.samples_file.exists():
-    raise FileNotFoundError(f"no samples at {workdir.samples_file}: the sample stage has not run in this "
-                            "workdir. Run --mode=sample (or --mode=pipeline) first.")
-  records = [json.loads(line) for line in workdir.samples_file.read_text(encoding="utf-8").splitlines()]
   cands = candidates_by_source(records)
   references = dict(group_references(load_texts(config, data_dir, workdir, config.data.eval_split)))
   missing = [s for s in cands if s not in references]
@@ -77,20 +63,12 @@ def _evaluate(config, workdir: Workdir, data_dir) -> dict:
   systems = {"first": {s: c[0] for s, c in cands.items()}}
   if many:
     systems["mbr"] = {s: c[mbr.mbr_select(c)] for s, c in cands.items()}
-  metrics = {"seq2seq": {name: mbr.seq2seq_report(hyps, refs, cands if many else None, embedder=embedder,
-                                                  meaning_representations=mrs)
-                         for name, hyps in systems.items()},
-             "num_candidates": len(next(iter(cands.values()))),
-             "seconds_per_source": records[0].get("seconds_per_source"),
-             "split": config.data.eval_split}
-  metrics["provenance"] = provenance.metrics_provenance(config, workdir.samples_file)
-  evaluate_lib.save_metrics(metrics, workdir.metrics_json)
-  logging.info("Metrics (%s): %s", workdir.metrics_json, json.dumps(metrics))
-  return metrics
+  return {"seq2seq": {name: mbr.seq2seq_report(hyps, refs, cands if many else None, embedder=embedder,
+                                               meaning_representations=mrs)
+                      for name, hyps in systems.items()},
+          "num_candidates": len(next(iter(cands.values()))),
+          "seconds_per_source": records[0].get("seconds_per_source"),
+          "split": config.data.eval_split}
 
 
-def evaluate_done(config, workdir: Workdir, data_dir=None) -> bool:
-  return provenance.metrics_current(config, workdir.metrics_json, workdir.samples_file)
-
-
-EVALUATE_SEQ2SEQ = Stage("evaluate", evaluate, evaluate_done)
+EVALUATE_SEQ2SEQ = evaluate_stage(score_seq2seq)

@@ -33,6 +33,7 @@ from ldlg.codecs.bart import autoencoder as autoencoder_lib
 from ldlg.codecs.bart import corruption
 from ldlg.codecs.bart import reconstruction
 from ldlg.codecs.bart import tokenizer as tokenizer_lib
+from ldlg.data.batching import pad_rows, pad_width, teacher_forcing_batch
 from ldlg.data.step_batches import batch_indices
 from ldlg.engine import parallel
 from ldlg.engine import trainer
@@ -100,13 +101,6 @@ def generation_config(model_config: transformers.BartConfig) -> transformers.Gen
   return gen
 
 
-def _pad(seqs: Sequence[np.ndarray], width: int, pad_id: int) -> np.ndarray:
-  out = np.full((len(seqs), width), pad_id, np.int32)
-  for i, s in enumerate(seqs):
-    out[i, :len(s)] = s
-  return out
-
-
 def make_batch(token_ids: Sequence[np.ndarray], step: int, cfg: ml_collections.ConfigDict,
                tokenizer) -> dict[str, np.ndarray]:
   """The training batch of `step`: corrupted inputs, clean labels, shifted decoder inputs, all [B, P]."""
@@ -119,13 +113,11 @@ def make_batch(token_ids: Sequence[np.ndarray], step: int, cfg: ml_collections.C
       poisson_lambda=cfg.poisson_lambda, random_ratio=cfg.random_ratio,
       token_mask_ratio=cfg.token_mask_ratio)
   longest = max(len(s) for s in inputs + labels)
-  width = min(cfg.max_length, -(-longest // cfg.pad_multiple) * cfg.pad_multiple)
+  width = pad_width(longest, cfg.pad_multiple, cfg.max_length)
   pad = tokenizer.pad_token_id
-  input_ids, label_ids = _pad(inputs, width, pad), _pad(labels, width, pad)
-  # BART's shift_tokens_right: the decoder reads </s> (decoder start) then the labels.
-  start = np.full((len(labels), 1), tokenizer.eos_token_id, np.int32)
-  return dict(input_ids=input_ids, attention_mask=(input_ids != pad).astype(np.int32),
-              decoder_input_ids=np.concatenate([start, label_ids[:, :-1]], axis=1), labels=label_ids)
+  # BART's decoder start token is </s>.
+  return teacher_forcing_batch(pad_rows(inputs, width, pad), pad_rows(labels, width, pad), pad_id=pad,
+                               start_id=tokenizer.eos_token_id)
 
 
 def optimizer_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from ldlg.codecs.compression.network import CompressionAutoencoder
+from ldlg.data.batching import pad_rows, pad_width, teacher_forcing_batch
 from ldlg.data.step_batches import batch_indices
 from ldlg.engine import parallel
 from ldlg.engine import trainer
@@ -54,14 +55,11 @@ def make_batch(token_ids: Sequence[np.ndarray], step: int, cfg: ml_collections.C
   """Step `step`'s batch [B, P]: encoder input_ids/attention_mask, decoder inputs, labels, example_index [B]."""
   idx = batch_indices(step, len(token_ids), cfg.batch_size, cfg.seed)
   seqs = [token_ids[i] for i in idx]
-  width = min(max_length, -(-max(len(s) for s in seqs) // cfg.pad_multiple) * cfg.pad_multiple)
-  ids = np.full((len(seqs), width), pad_id, np.int32)
-  for r, s in enumerate(seqs):
-    ids[r, :len(s)] = s[:width]
-  start = np.full((len(seqs), 1), decoder_start_id, np.int32)
+  ids = pad_rows(seqs, pad_width(max(len(s) for s in seqs), cfg.pad_multiple, max_length), pad_id)
+  batch = teacher_forcing_batch(ids, ids, pad_id=pad_id, start_id=decoder_start_id)
   # step * batch_size + row: a global index unique over the whole run, so noise never repeats across steps.
-  return dict(input_ids=ids, attention_mask=ids != pad_id, decoder_input_ids=np.concatenate([start, ids[:, :-1]], 1),
-              labels=ids, example_index=(step * cfg.batch_size + np.arange(len(seqs))).astype(np.int64))
+  batch["example_index"] = (step * cfg.batch_size + np.arange(len(seqs))).astype(np.int64)
+  return batch
 
 
 def make_loss_fn(network: CompressionAutoencoder, bart_model, bart_params, *, pad_id: int, noise_std: float):

@@ -23,15 +23,13 @@ import numpy as np
 
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import stages as bart_stages
-from ldlg.data.batching import pad_width
+from ldlg.data.batching import pad_rows, pad_width, teacher_forcing_batch
 from ldlg.data.splits import load_texts
 from ldlg.data.step_batches import batch_indices
-from ldlg.engine import checkpoints
 from ldlg.engine import parallel
 from ldlg.engine import provenance
 from ldlg.engine import sample_runner
-from ldlg.engine import signals
-from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import train_stage
 from ldlg.engine import trainer
 from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
@@ -48,24 +46,15 @@ def token_ids(tokenizer, texts, max_length: int) -> tuple[list[np.ndarray], int]
   return [np.asarray(x if len(x) <= max_length else x[:max_length - 1] + x[-1:], np.int32) for x in ids], cut
 
 
-def _pad(seqs, width: int, pad_id: int) -> np.ndarray:
-  out = np.full((len(seqs), width), pad_id, np.int32)
-  for i, s in enumerate(seqs):
-    out[i, :len(s)] = s
-  return out
-
-
 def pair_batch(sources, targets, step: int, *, batch_size: int, seed: int, pad_id: int, start_id: int,
                max_source_length: int, max_length: int) -> dict[str, np.ndarray]:
   """Step `step`'s batch (the project's one index rule): the source as encoder input, the target as labels and,
   shifted right behind BART's decoder start token, as decoder input. All [B, W] int32, W padded to 16s."""
   idx = batch_indices(step, len(sources), batch_size, seed)
   src, tgt = [sources[i] for i in idx], [targets[i] for i in idx]
-  input_ids = _pad(src, pad_width(max(map(len, src)), PAD_MULTIPLE, max_source_length), pad_id)
-  labels = _pad(tgt, pad_width(max(map(len, tgt)), PAD_MULTIPLE, max_length), pad_id)
-  start = np.full((len(tgt), 1), start_id, np.int32)
-  return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).astype(np.int32),
-          "decoder_input_ids": np.concatenate([start, labels[:, :-1]], axis=1), "labels": labels}
+  input_ids = pad_rows(src, pad_width(max(map(len, src)), PAD_MULTIPLE, max_source_length), pad_id)
+  labels = pad_rows(tgt, pad_width(max(map(len, tgt)), PAD_MULTIPLE, max_length), pad_id)
+  return teacher_forcing_batch(input_ids, labels, pad_id=pad_id, start_id=start_id)
 
 
 def _check_pairs(config, records, split):
@@ -106,15 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> trai
   run = trainer.TrainRun(directory=workdir.root, num_steps=config.train.num_steps, log_every=config.train.log_every,
                          ckpt_every=config.train.ckpt_every, keep_checkpoints=config.train.keep_checkpoints,
                          meta=meta, desc="train (bart seq2seq)", devices=devices)
-  result = trainer.train(job, run)
-  if result.stopped_by == "signal":
-    raise signals.Interrupted(f"fine-tuning was interrupted at step {result.step} (checkpoint saved)")
-  return result
-
-
-def train_done(config, workdir: Workdir, data_dir=None) -> bool:
-  latest = provenance.latest_step(workdir.checkpoint_dir)
-  return latest is not None and latest >= config.train.num_steps
+  return train_stage.train_to_end(job, run, what="fine-tuning")
 
 
 def load_finetuned(config, workdir: Workdir, step: int = -1):
@@ -122,13 +103,7 @@ def load_finetuned(config, workdir: Workdir, step: int = -1):
   checkpoint meta)."""
   from ldlg.codecs.bart.autoencoder import Autoencoder  # pylint: disable=import-outside-toplevel
   pretrained = bart_codec.load_autoencoder(config, workdir)
-  tx = train_state_lib.make_optimizer(config.optim, config.train.num_steps)
-  target = train_state_lib.TrainState.create(pretrained.params, tx, ema=False).to_dict()
-  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
-  try:
-    saved, meta = ckpt.restore(target, step)
-  finally:
-    ckpt.close()
+  saved, meta = train_stage.restore_train_state(config, workdir, pretrained.params, step, ema=False)
   finetuned = Autoencoder(pretrained.model, pretrained.tokenizer, params=saved["params"],
                           max_length=int(config.data.max_source_length), name=f"{pretrained.name} (fine-tuned)")
   return finetuned, meta
@@ -171,5 +146,5 @@ def sample_done(config, workdir: Workdir, data_dir=None) -> bool:
 
 def stages():
   from ldlg.evaluation.seq2seq_stage import EVALUATE_SEQ2SEQ  # pylint: disable=import-outside-toplevel
-  return (bart_stages.PRETRAIN, Stage("train", train, train_done), Stage("sample", sample, sample_done),
+  return (bart_stages.PRETRAIN, Stage("train", train, train_stage.train_done), Stage("sample", sample, sample_done),
           EVALUATE_SEQ2SEQ)

@@ -15,7 +15,7 @@ from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import stages as bart_stages
 from ldlg.engine import provenance
 from ldlg.engine import sample_runner
-from ldlg.engine import signals
+from ldlg.engine import train_stage
 from ldlg.engine import trainer
 from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
@@ -88,18 +88,7 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) ->
   """`--mode=train`: trains the denoiser to config.train.num_steps, resuming from the latest checkpoint."""
   del data_dir
   job, run, _ = train_job(config, workdir)
-  result = trainer.train(job, run)
-  if result.stopped_by == "signal":
-    raise signals.Interrupted(f"training was interrupted at step {result.step} (checkpoint saved)")
-  if result.stopped_by == "divergence":
-    raise FloatingPointError(f"training stopped at step {result.step}: the loss diverged (see the warnings "
-                             "above); lower --config.optim.lr")
-  return result
-
-
-def train_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
-  latest = provenance.latest_step(workdir.checkpoint_dir)
-  return latest is not None and latest >= config.train.num_steps
+  return train_stage.train_to_end(job, run)
 
 
 def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> list[dict]:
@@ -176,5 +165,5 @@ def sample_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=No
 def stages() -> tuple[Stage, ...]:
   """The stages of a Gaussian latent diffusion run, in order."""
   from ldlg.evaluation.stage import EVALUATE
-  return (bart_stages.PRETRAIN, bart_stages.PRECOMPUTE, Stage("train", train, train_done, single_host=False),
+  return (bart_stages.PRETRAIN, bart_stages.PRECOMPUTE, Stage("train", train, train_stage.train_done, single_host=False),
           Stage("sample", sample, sample_done), EVALUATE)

@@ -22,11 +22,9 @@ import numpy as np
 
 from ldlg.codecs import tokens
 from ldlg.data.splits import load_texts
-from ldlg.engine import checkpoints
 from ldlg.engine import provenance
 from ldlg.engine import sample_runner
-from ldlg.engine import signals
-from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import train_stage
 from ldlg.engine import trainer
 from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
@@ -84,26 +82,11 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> trai
   run = trainer.TrainRun(directory=workdir.root, num_steps=config.train.num_steps, log_every=config.train.log_every,
                          ckpt_every=config.train.ckpt_every, keep_checkpoints=config.train.keep_checkpoints,
                          meta=meta, desc="train (masked)", devices=devices)
-  result = trainer.train(job, run)
-  if result.stopped_by == "signal":
-    raise signals.Interrupted(f"training was interrupted at step {result.step} (checkpoint saved)")
-  return result
-
-
-def train_done(config, workdir: Workdir, data_dir=None) -> bool:
-  latest = provenance.latest_step(workdir.checkpoint_dir)
-  return latest is not None and latest >= config.train.num_steps
+  return train_stage.train_to_end(job, run)
 
 
 def load_ema_params(config, workdir: Workdir, method: MaskedDiffusion, step: int = -1):
-  params = method.init_params(jax.random.PRNGKey(0))
-  tx = train_state_lib.make_optimizer(config.optim, config.train.num_steps)
-  target = train_state_lib.TrainState.create(params, tx).to_dict()
-  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
-  try:
-    saved, meta = ckpt.restore(target, step)
-  finally:
-    ckpt.close()
+  saved, meta = train_stage.restore_train_state(config, workdir, method.init_params(jax.random.PRNGKey(0)), step)
   return saved["ema_params"], meta
 
 
@@ -180,5 +163,5 @@ def sample_done(config, workdir: Workdir, data_dir=None) -> bool:
 def stages():
   # Training runs on one host: its token batches are not yet sliced per process (the Gaussian method's are).
   from ldlg.evaluation.stage import EVALUATE
-  return (tokens.TOKENIZER, Stage("train", train, train_done),
+  return (tokens.TOKENIZER, Stage("train", train, train_stage.train_done),
           Stage("sample", sample, sample_done), EVALUATE)

@@ -18,7 +18,6 @@ generated.
 from __future__ import annotations
 
 import json
-import time
 
 from absl import logging
 import jax
@@ -28,11 +27,9 @@ import numpy as np
 from ldlg.codecs import tokens
 from ldlg.data.seq2seq import group_references
 from ldlg.data.splits import load_texts
-from ldlg.engine import checkpoints
 from ldlg.engine import provenance
 from ldlg.engine import sample_runner
-from ldlg.engine import signals
-from ldlg.engine import train_state as train_state_lib
+from ldlg.engine import train_stage
 from ldlg.engine import trainer
 from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
@@ -100,28 +97,14 @@ def train(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> trai
   run = trainer.TrainRun(directory=workdir.root, num_steps=config.train.num_steps, log_every=config.train.log_every,
                          ckpt_every=config.train.ckpt_every, keep_checkpoints=config.train.keep_checkpoints,
                          meta=meta, desc="train (diffuseq)", devices=devices)
-  result = trainer.train(job, run)
-  if result.stopped_by == "signal":
-    raise signals.Interrupted(f"training was interrupted at step {result.step} (checkpoint saved)")
-  return result
-
-
-def train_done(config, workdir: Workdir, data_dir=None) -> bool:
-  latest = provenance.latest_step(workdir.checkpoint_dir)
-  return latest is not None and latest >= config.train.num_steps
+  return train_stage.train_to_end(job, run)
 
 
 def load_ema_params(config, workdir: Workdir, method: DiffuSeq, step: int = -1):
   """(EMA params, checkpoint meta) of a checkpoint (the latest with step -1)."""
-  params = method.init_params(jax.random.PRNGKey(0))
-  tx = train_state_lib.make_optimizer(config.optim, config.train.num_steps)
-  state = train_state_lib.TrainState.create(
-      params, tx, method_state=method.init_importance_state() if uses_importance_sampling(config) else None)
-  ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
-  try:
-    saved, meta = ckpt.restore(state.to_dict(), step)
-  finally:
-    ckpt.close()
+  method_state = method.init_importance_state() if uses_importance_sampling(config) else None
+  saved, meta = train_stage.restore_train_state(config, workdir, method.init_params(jax.random.PRNGKey(0)), step,
+                                                method_state=method_state)
   return saved["ema_params"], meta
 
 
@@ -156,16 +139,9 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
     batch = framing.pack(framed, sample_index // num_candidates, max_len=max_len, pad_id=ids["pad"])
     return {"input_ids": batch["input_ids"], "source_mask": batch["source_mask"]}, [{}] * batch_size
 
-  batch_seconds = []
-  clock = [time.perf_counter()]
-
   def decode(outputs, inputs):
-    now = time.perf_counter()
-    batch_seconds.append(now - clock[0])
-    texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rounding.target_token_lists(
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rounding.target_token_lists(
         outputs["tokens"], inputs["source_mask"], outputs["lengths"])]
-    clock[0] = time.perf_counter()
-    return texts
 
   runner = sample_runner.SampleRunner(device_fn, make_inputs, decode)
   origin = provenance.sample_provenance(config, meta.get("data_position"))
@@ -177,10 +153,10 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   for record in records:
     source_index, candidate = divmod(record["index"], num_candidates)
     record.update(source_index=source_index, candidate=candidate, source=sources[source_index])
-  # The sampler's own time per source: a batch's wall time (host inputs, the network's steps and rounding, not
+  # The sampler's own time per source: a batch's time on the device (the network's steps and the rounding, not
   # detokenizing) times the candidates per source over the batch size; the first batch (compilation) is left
   # out when there are others.
-  timed = batch_seconds[1:] or batch_seconds
+  timed = runner.batch_seconds[1:] or runner.batch_seconds
   seconds_per_source = (float(np.mean(timed)) * num_candidates / int(sc.batch_size)) if timed else None
   settings = {"sampler": "diffuseq", "num_steps": sc.num_steps, "eta": sc.eta, "clamp": sc.clamp,
               "rounding": sc.rounding, "num_candidates": num_candidates, "seconds_per_source": seconds_per_source,
@@ -199,5 +175,5 @@ def sample_done(config, workdir: Workdir, data_dir=None) -> bool:
 def stages():
   # Training runs on one host: its pair batches are not yet sliced per process (the Gaussian method's are).
   from ldlg.evaluation.seq2seq_stage import EVALUATE_SEQ2SEQ
-  return (tokens.TOKENIZER, Stage("train", train, train_done), Stage("sample", sample, sample_done),
+  return (tokens.TOKENIZER, Stage("train", train, train_stage.train_done), Stage("sample", sample, sample_done),
           EVALUATE_SEQ2SEQ)
