@@ -252,7 +252,7 @@ def _train(directory, num_devices=1, **kw):
 
 
 @pytest.mark.slow
-def test_trainer_keeps_the_importance_state_resumes_exactly_and_pmap_equals_one_device(tmp_path):
+def test_trainer_keeps_the_importance_state_and_resumes_exactly(tmp_path):
   straight = _train(tmp_path / "a")
   state = jax.device_get(straight.state.method_state)
   assert bool(importance.is_warm(state)) and int(state.counts.sum()) == 2 * 10  # full history at every t
@@ -263,6 +263,11 @@ def test_trainer_keeps_the_importance_state_resumes_exactly_and_pmap_equals_one_
   for a, b in zip(jax.tree.leaves(jax.device_get(straight.state.to_dict())),
                   jax.tree.leaves(jax.device_get(resumed.state.to_dict()))):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.extended  # The step under pmap, importance state included, is checked above in CI.
+def test_trainer_with_the_importance_state_on_two_devices_equals_one(tmp_path):
+  straight = _train(tmp_path / "a")
   # Two devices: the same run up to float rounding (the losses stored in the history included).
   two = _train(tmp_path / "c", num_devices=2)
   for a, b in zip(jax.tree.leaves(jax.device_get(straight.state.to_dict())),
