@@ -273,3 +273,55 @@ def test_trainer_with_the_importance_state_on_two_devices_equals_one(tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(straight.state.to_dict())),
                   jax.tree.leaves(jax.device_get(two.state.to_dict()))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_source_reliance_diagnostic_is_zero_when_every_source_is_the_same(method_and_params):
+  """The diagnostic's other-source row frames each target behind another example's source with the same noise:
+  identical sources must give identical scores, and distinct ones read differently (random weights)."""
+  from ldlg.benchmarks.seq2seq_diagnostics import denoiser_by_noise
+  method, params = method_and_params
+  targets = [np.array([5, 6, 7, END], np.int32), np.array([9, 10, END], np.int32), np.array([11, END], np.int32)]
+  same = framing.FramedPairs(sources=[np.array([3, 4, 2], np.int32)] * 3, targets=targets, stats={})
+  rows = denoiser_by_noise(method, params, same, [0, T - 1], max_len=8, pad_id=PAD)
+  assert [r["t"] for r in rows] == [0, T - 1]
+  for r in rows:
+    assert r["source_reliance"] == 0.0 and r["text_accuracy_other_source"] == r["text_accuracy"]
+    assert 0.0 <= r["text_accuracy"] <= 1.0 and 0.0 <= r["pad_accuracy"] <= 1.0 and r["x0_mse"] > 0.0
+  # A longer source is moved in front of a long target: the target is cut to fit instead of failing.
+  sources = [np.array([3, 2], np.int32), np.array([8, 4, 3, 2], np.int32), np.array([4, 2], np.int32)]
+  long_target = np.array([5, 6, 7, 9, 10, END], np.int32)  # Fills max_len behind its own 2-token source.
+  distinct = framing.FramedPairs(sources=sources, targets=[long_target] + targets[1:], stats={})
+  rows = denoiser_by_noise(method, params, distinct, [T // 2], max_len=8, pad_id=PAD)
+  assert rows[0]["source_reliance"] == rows[0]["text_accuracy"] - rows[0]["text_accuracy_other_source"]
+  with pytest.raises(ValueError, match="at least 2 pairs"):
+    denoiser_by_noise(method, params, framing.FramedPairs([sources[0]], [targets[0]], {}), [0], max_len=8,
+                      pad_id=PAD)
+
+
+@pytest.mark.slow
+def test_the_denoiser_reads_the_source_through_attention():
+  """Trained on two pairs at pure noise (t = T-1, so the noisy target carries nothing), the network must take each
+  target from its source: every text token right with the own source, the other source's target otherwise (only
+  the shared </s> agrees). The diagnostic's source reliance is then 2/3."""
+  import optax
+  from ldlg.benchmarks.seq2seq_diagnostics import denoiser_by_noise
+  method = _method()
+  params = method.init_params(jax.random.PRNGKey(0))
+  pairs = framing.FramedPairs(sources=[np.array([3, 2], np.int32), np.array([4, 2], np.int32)],
+                              targets=[np.array([5, 6, END], np.int32), np.array([7, 8, END], np.int32)], stats={})
+  batch = {k: jnp.asarray(v) for k, v in framing.pack(pairs, [0, 1], max_len=8, pad_id=PAD).items()}
+  batch["t"] = jnp.full((2,), T - 1, jnp.int32)
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    grads, _ = jax.grad(method.loss_fn, has_aux=True)(params, rng, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = tx.init(params)
+  for i in range(300):
+    params, opt_state = step(params, opt_state, jax.random.PRNGKey(i))
+  (row,) = denoiser_by_noise(method, params, pairs, [T - 1], max_len=8, pad_id=PAD)
+  assert row["text_accuracy"] == 1.0
+  assert row["text_accuracy_other_source"] == pytest.approx(1 / 3) and row["source_reliance"] == pytest.approx(2 / 3)
