@@ -14,10 +14,11 @@ included); decoding uses `config.autoencoder`'s decode settings (`codec.decode_s
 from __future__ import annotations
 
 import itertools
-import time
+import json
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -110,33 +111,60 @@ def load_finetuned(config, workdir: Workdir, step: int = -1):
 
 
 def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> list[dict]:
+  """One beam-search output per eval source, through the engine's sample runner (sharded over the local devices,
+  progress kept in `samples.partial.jsonl` so an interrupted run resumes after its last batch)."""
+  from ldlg.codecs.bart import beam_search  # pylint: disable=import-outside-toplevel
   from ldlg.methods.seq2seq.stages import eval_sources  # pylint: disable=import-outside-toplevel
   autoencoder, meta = load_finetuned(config, workdir, config.sample.checkpoint_step)
   sources = [s for s, _ in eval_sources(config, workdir, data_dir)]
+  tokenizer = autoencoder.tokenizer
+  max_source = int(config.data.max_source_length)
+  source_ids, num_cut = token_ids(tokenizer, sources, max_source)
+  if num_cut:
+    logging.info("%d of %d eval sources cut to %d tokens.", num_cut, len(sources), max_source)
+  # Every batch at the full source width: one compiled program (the encoder masks the padding).
+  padded = pad_rows(source_ids, max_source, tokenizer.pad_token_id)
   decode = bart_codec.decode_settings(config.autoencoder)
-  batch_size = int(config.sample.batch_size)
+  opts = autoencoder.decode_options(**decode)
+  model, spec = autoencoder.model, autoencoder.spec
 
-  def generate(texts):
-    latents, mask = autoencoder.encode(texts, batch_size=batch_size)
-    return autoencoder.decode(latents, mask, batch_size=batch_size, **decode)
+  def device_fn(params, rng, inputs, example_offset, global_batch):
+    del rng, example_offset, global_batch  # Beam search draws nothing.
+    ids = inputs["input_ids"]
+    mask = ids != tokenizer.pad_token_id
+    encoded = model.encode(ids, mask.astype(jnp.int32), params=params).last_hidden_state
+    encoded = jnp.where(mask[..., None], encoded, 0.0).astype(jnp.float32)  # As `Autoencoder.encode`.
+    sequences, _ = beam_search.bart_generate(params, spec, encoded, mask, opts)
+    return {"sequences": sequences}
 
-  generate(sources[:batch_size])  # Compiles encoder and beam search, so the timing below is the decoding's.
-  start = time.perf_counter()
-  texts = []
-  bar = sample_runner.progress_bar(total=len(sources), desc="beam search")
-  for lo in range(0, len(sources), batch_size):
-    texts += generate(sources[lo:lo + batch_size])
-    bar.update(len(sources[lo:lo + batch_size]))
-  bar.close()
-  seconds_per_source = (time.perf_counter() - start) / len(sources)
+  def make_inputs(rng_np, batch_size, sample_index):
+    del rng_np
+    return {"input_ids": padded[sample_index]}, [{}] * batch_size
+
+  def decode_texts(outputs, inputs):
+    del inputs
+    return [t.strip() for t in tokenizer.batch_decode(outputs["sequences"].tolist(), skip_special_tokens=True,
+                                                      clean_up_tokenization_spaces=False)]
+
+  runner = sample_runner.SampleRunner(device_fn, make_inputs, decode_texts)
   origin = provenance.sample_provenance(config, meta.get("data_position"))
-  records = [{"index": i, "source_index": i, "candidate": 0, "source": s, "text": t}
-             for i, (s, t) in enumerate(zip(sources, texts))]
-  settings = {"sampler": "beam_search", **decode, "num_candidates": 1, "seconds_per_source": seconds_per_source,
-              **origin}
-  sample_runner.write_samples(records, workdir.samples_file, settings)
+  settings = {"sampler": "beam_search", **decode, "num_candidates": 1}
+  partial = workdir.root / "samples.partial.jsonl"
+  # No re-draws: beam search is deterministic, and an empty output is the model's answer for that source.
+  records = runner.sample(autoencoder.params, num_samples=len(sources), seed=config.sample.seed,
+                          batch_size=int(config.sample.batch_size), conditions=np.arange(len(sources), dtype=np.int32),
+                          max_redraws=0, progress=True, partial_path=partial,
+                          partial_key=json.dumps({**settings, **origin}, sort_keys=True))
+  for record in records:
+    record.update(source_index=record["index"], candidate=0, source=sources[record["index"]])
+  # Time per source: a batch's time over its size, the first batch (compilation) left out when there are others.
+  timed = runner.batch_seconds[1:] or runner.batch_seconds
+  seconds_per_source = float(np.mean(timed)) / int(config.sample.batch_size) if timed else None
+  sample_runner.write_samples(records, workdir.samples_file,
+                              {**settings, "seconds_per_source": seconds_per_source, **origin})
+  partial.unlink(missing_ok=True)
   logging.info("Wrote %d outputs to %s (%.3g s per source).", len(records), workdir.samples_file,
-               seconds_per_source)
+               seconds_per_source or float("nan"))
   return records
 
 
