@@ -10,7 +10,8 @@ first `num_examples` (source, text) pairs of the eval split; writes `<out>/seq2s
 For each t of an even grid over [0, T): partial noising as in training (the source clean, the target region
 noised with one ε), one network call gives ŷ0, rounded to tokens with the run's rule. Per t:
   text_accuracy       share of the target's real tokens (the text and its </s>) that ŷ0 rounds back to;
-  pad_accuracy        the same over the pad positions after the text (with learned padding the model writes them);
+  pad_accuracy        the same over the pad positions after the text (with learned padding the model writes them;
+                      without, they are out of play and score 0);
   x0_mse              mean squared error of ŷ0 against EMB(target) over the target region and channels;
   text_accuracy_other_source   text_accuracy when each target is framed behind *another* example's source (the
                       sources rolled by one), same noise seed;
@@ -31,9 +32,9 @@ import numpy as np
 from ldlg.benchmarks import plots
 from ldlg.benchmarks.diagnostics import load_run_config
 from ldlg.engine.workdir import Workdir
-from ldlg.methods.gaussian.schedules import q_sample
 from ldlg.methods.seq2seq import framing
 from ldlg.methods.seq2seq import rounding
+from ldlg.methods.seq2seq.losses import partial_q_sample, positions
 from ldlg.methods.seq2seq.network import Seq2SeqDenoiser
 
 
@@ -42,18 +43,18 @@ def _accuracies(method, params, batch: dict[str, np.ndarray], t: int, key: jax.A
   """text / pad accuracy and x̂0 MSE of one network call at timestep t on a packed batch (see the docstring)."""
   network = method.network
   ids = jnp.asarray(batch["input_ids"])
-  source = jnp.asarray(batch["source_mask"])
-  text = jnp.asarray(batch["mask"]) & ~source
-  pad = ~jnp.asarray(batch["mask"])
+  source, real = jnp.asarray(batch["source_mask"]), jnp.asarray(batch["mask"])
+  text, pad = real & ~source, ~real
+  # As in training: with learned padding every position is in play, else only the real tokens.
+  active, target = positions(source, real, method.learn_padding)
   variables = {"params": params}
   x0 = network.apply(variables, ids, method=Seq2SeqDenoiser.embed)
   steps = jnp.full((ids.shape[0],), t, jnp.int32)
-  z_t = jnp.where(source[..., None], x0, q_sample(method.schedule, x0, steps, jax.random.normal(key, x0.shape)))
-  estimate = network.apply(variables, z_t, steps, jnp.ones_like(source))
+  z_t = partial_q_sample(method.schedule, x0, steps, jax.random.normal(key, x0.shape), source, active)
+  estimate = network.apply(variables, z_t, steps, active)
   tokens = rounding.round_to_tokens(estimate, params["word_embedding"], rounding_rule)
   hit = tokens == ids
   share = lambda where: float(jnp.sum(hit & where) / jnp.maximum(jnp.sum(where), 1))
-  target = ~source
   mse = float(jnp.sum(jnp.where(target[..., None], jnp.square(estimate - x0), 0.0))
               / (jnp.maximum(jnp.sum(target), 1) * x0.shape[-1]))
   return {"text_accuracy": share(text), "pad_accuracy": share(pad & target), "x0_mse": mse}
