@@ -84,6 +84,12 @@ class SampleRunner:
     self.last_empty_count = 0
     self.batch_seconds: list[float] = []
 
+  def seconds_per_row(self, batch_size: int) -> float | None:
+    """The steady sampling time of one row: the mean batch time over `batch_size`, the first batch (compilation)
+    left out when there are others; None when `sample` computed no batch (all read back from a partial file)."""
+    timed = self.batch_seconds[1:] or self.batch_seconds
+    return float(np.mean(timed)) / batch_size if timed else None
+
   def _pmapped(self, devices: tuple):
     if devices not in self._compiled:
       n = len(devices)

@@ -153,11 +153,9 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   for record in records:
     source_index, candidate = divmod(record["index"], num_candidates)
     record.update(source_index=source_index, candidate=candidate, source=sources[source_index])
-  # The sampler's own time per source: a batch's time on the device (the network's steps and the rounding, not
-  # detokenizing) times the candidates per source over the batch size; the first batch (compilation) is left
-  # out when there are others.
-  timed = runner.batch_seconds[1:] or runner.batch_seconds
-  seconds_per_source = (float(np.mean(timed)) * num_candidates / int(sc.batch_size)) if timed else None
+  # The sampler's own time per source (the network's steps and the rounding, not detokenizing): all its candidates.
+  per_row = runner.seconds_per_row(int(sc.batch_size))
+  seconds_per_source = per_row * num_candidates if per_row is not None else None
   settings = {"sampler": "diffuseq", "num_steps": sc.num_steps, "eta": sc.eta, "clamp": sc.clamp,
               "rounding": sc.rounding, "num_candidates": num_candidates, "seconds_per_source": seconds_per_source,
               **origin}
