@@ -167,9 +167,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_draws=5,              # sample.num_samples is split into this many sets: mean ± std over sets.
       max_reference=5000,       # Reference texts (eval split) used for MAUVE.
       # Likelihood of held-out latents (Gaussian methods): probability-flow ODE NLL (Hutchinson) and the VLB on
-      # this many eval-split latents (0 = skip); Hutchinson probes per example; stratified VLB terms.
+      # this many eval-split latents (0 = skip); Hutchinson probes per example; the adaptive ODE solver's
+      # relative/absolute tolerances (looser: fewer network calls, a coarser estimate); stratified VLB terms.
       likelihood_examples=64,
       likelihood_probes=1,
+      likelihood_rtol=1e-5,
+      likelihood_atol=1e-5,
       vlb_terms=50,
   )
   return config

@@ -372,6 +372,11 @@ def _eval(c: Checker) -> None:
     c.add("eval.ppl_model", ppl, "a causal LM hub name or local folder, or '' to skip perplexity")
   c.count("eval.num_draws")
   c.count("eval.max_reference")
+  c.count("eval.likelihood_examples", lo=0)
+  c.count("eval.likelihood_probes")
+  c.count("eval.vlb_terms")
+  for field in ("eval.likelihood_rtol", "eval.likelihood_atol"):
+    c.number(field, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
   draws, n = c.get("eval.num_draws"), c.get("sample.num_samples")
   if isinstance(draws, int) and isinstance(n, int) and n < draws:
     c.add("eval.num_draws", draws, f"<= config.sample.num_samples={n} (each draw needs samples)")

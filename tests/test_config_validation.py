@@ -89,6 +89,8 @@ BAD_VALUES = [
     ("default", "data.latent_dtype", "int8", "'float16', 'bfloat16', 'float32'"),
     ("default", "optim.schedule", "step", "'cosine', 'constant'"),
     ("default", "eval.featurizer", "", "'auto', 'minilm'"),
+    ("default", "eval.likelihood_rtol", 0.0, "a number in (0.0, 1.0)"),
+    ("default", "eval.likelihood_examples", -1, "an integer >= 0"),
     ("default", "data.name", "imdb", "ag_news"),
     ("default", "data.eval_split", "dev2", "a split of e2e"),
     ("default", "model.max_len", 32, ">= config.data.max_length=64"),

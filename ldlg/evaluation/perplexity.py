@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldlg.evaluation import batching
+from ldlg.evaluation import hf_loading
 
 LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
@@ -53,8 +54,10 @@ class CausalLM:
     return _make_nll_fn(self.logits_fn)
 
 
-def causal_lm_from_hf(model: Any, tokenizer: Any, name: str | None = None) -> CausalLM:
-  """Wraps a Hugging Face Flax causal LM (`model(input_ids, attention_mask, params=...).logits`) and tokenizer."""
+def causal_lm_from_hf(model: Any, tokenizer: Any, name: str | None = None, params: Any = None) -> CausalLM:
+  """Wraps a Hugging Face Flax causal LM (`model(input_ids, attention_mask, params=...).logits`) and tokenizer.
+
+  `params` defaults to `model.params` (pass them for a model loaded with `_do_init=False`)."""
   bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
   if bos is None:
     raise ValueError("the tokenizer has neither a BOS nor an EOS token to start texts with; set bos_token")
@@ -63,7 +66,7 @@ def causal_lm_from_hf(model: Any, tokenizer: Any, name: str | None = None) -> Ca
     return model(input_ids=ids, attention_mask=mask, params=params).logits
 
   return CausalLM(name=name or getattr(model.config, "name_or_path", "") or type(model).__name__,
-                  logits_fn=logits_fn, params=model.params,
+                  logits_fn=logits_fn, params=model.params if params is None else params,
                   encode=lambda text: tokenizer.encode(text, add_special_tokens=False),
                   bos_id=int(bos), pad_id=int(tokenizer.pad_token_id or bos),
                   max_positions=getattr(model.config, "n_positions", None)
@@ -79,15 +82,14 @@ def load_causal_lm(name_or_path: str = "gpt2-large", dtype: Any = jnp.float32) -
   import pathlib  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(name_or_path)
-  from_pt = path.is_dir() and not (path / "flax_model.msgpack").is_file()
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-    model = transformers.FlaxAutoModelForCausalLM.from_pretrained(name_or_path, from_pt=from_pt, dtype=dtype)
+    model, params = hf_loading.load_flax_model(transformers.FlaxAutoModelForCausalLM, name_or_path, dtype=dtype)
   except (OSError, ValueError) as err:
     raise RuntimeError(
         f"could not load the perplexity model {name_or_path!r}: {err}. Without network access pass a local "
         "folder holding a Flax causal LM and its tokenizer (e.g. the project's AR baseline)") from err
-  return causal_lm_from_hf(model, tokenizer, name=path.name if path.is_dir() else name_or_path)
+  return causal_lm_from_hf(model, tokenizer, name=path.name if path.is_dir() else name_or_path, params=params)
 
 
 def _make_nll_fn(logits_fn: LogitsFn) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:

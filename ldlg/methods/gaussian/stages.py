@@ -141,6 +141,8 @@ def likelihood_metrics(config: ml_collections.ConfigDict, workdir: Workdir, data
   rng = jax.random.PRNGKey(config.seed)
   ode = jax.jit(lambda p, r, x, m, c: likelihood.ode_nll(method.denoise_fn, method.schedule, p, r, x, m, c,
                                                          num_probes=int(config.eval.get("likelihood_probes", 1)),
+                                                         rtol=float(config.eval.get("likelihood_rtol", 1e-5)),
+                                                         atol=float(config.eval.get("likelihood_atol", 1e-5)),
                                                          **kw))
   vlb = jax.jit(lambda p, r, x, m, c: likelihood.vlb_nll(method.denoise_fn, method.schedule, p, r, x, m, c,
                                                          num_terms=int(config.eval.get("vlb_terms", 50)), **kw))
@@ -152,6 +154,8 @@ def likelihood_metrics(config: ml_collections.ConfigDict, workdir: Workdir, data
             "ode_nll_per_token": float(np.mean(out_ode["nll_per_token"])),
             "ode_nll_per_dim_raw_latents": float(np.mean(out_ode["nll_per_dim"])) + log_std,
             "ode_mean_nfe": float(np.mean(out_ode["nfe"])),
+            "ode_rtol": float(config.eval.get("likelihood_rtol", 1e-5)),
+            "ode_atol": float(config.eval.get("likelihood_atol", 1e-5)),
             "vlb_per_dim": float(np.mean(out_vlb["vlb_per_dim"])),
             "vlb_per_token": float(np.mean(out_vlb["vlb_per_token"]))}
   logging.info("Latent likelihood: %s", result)
