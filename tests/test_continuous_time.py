@@ -421,9 +421,9 @@ def test_self_conditioning_is_carried_and_guidance_is_one_batched_call():
 
   calls = []
 
-  def class_reporter(params, z, t, mask, self_cond, has_self_cond, class_id, train, rng):
-    calls.append(None if class_id is None else class_id.shape)
-    value = -1.0 if class_id is None else class_id.astype(jnp.float32)
+  def class_reporter(params, z, t, mask, self_cond, has_self_cond, cond, train, rng):
+    calls.append(None if cond is None else cond["class_id"].shape)
+    value = -1.0 if cond is None else cond["class_id"].astype(jnp.float32)
     return jnp.broadcast_to(jnp.reshape(value, (-1, 1, 1)), z.shape)
 
   ids = jnp.array([0, 2])

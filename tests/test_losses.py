@@ -119,7 +119,8 @@ def test_coin_rates_and_uniform_t():
   labels = jnp.arange(n) % c
   batch = {"latents": jnp.zeros((n, 1, 1)), "mask": jnp.ones((n, 1), bool), "label": labels}
 
-  def reports_class(params, z, t, mask, self_cond, has_self_cond, class_id, train, rng):
+  def reports_class(params, z, t, mask, self_cond, has_self_cond, cond, train, rng):
+    class_id = cond["class_id"]
     out = jnp.where(class_id == c, 1.0, jnp.where(class_id == labels, 0.0, 100.0))
     return jnp.broadcast_to(out[:, None, None], z.shape)
 
@@ -138,10 +139,10 @@ def test_coin_rates_and_uniform_t():
       None, rng, batch)
   assert abs(float(loss) - 0.5) < 4 * math.sqrt(0.25 / n)
   assert float(loss) == pytest.approx(float(m["self_cond_frac"]), abs=1e-6)
-  # Unconditional config: labels are ignored and the network sees class_id=None.
+  # Unconditional config: labels are ignored and the network sees cond=None.
   seen = []
-  def records(params, z, t, mask, self_cond, has_self_cond, class_id, train, rng):
-    seen.append(class_id)
+  def records(params, z, t, mask, self_cond, has_self_cond, cond, train, rng):
+    seen.append(cond)
     return z
   make_loss_fn(records, SCHEDULE, num_classes=0)(None, rng, batch)
   assert seen and all(x is None for x in seen)

@@ -185,9 +185,9 @@ def test_classifier_free_guidance_in_one_batched_call():
   c = 3  # classes 0..2, null = 3
   calls = []
 
-  def class_reporter(params, z, t, mask, self_cond, has_self_cond, class_id, train, rng):
-    calls.append(None if class_id is None else class_id.shape)
-    value = -1.0 if class_id is None else class_id.astype(jnp.float32)
+  def class_reporter(params, z, t, mask, self_cond, has_self_cond, cond, train, rng):
+    calls.append(None if cond is None else cond["class_id"].shape)
+    value = -1.0 if cond is None else cond["class_id"].astype(jnp.float32)
     return jnp.broadcast_to(jnp.reshape(value, (-1, 1, 1)), z.shape)
 
   mask = jnp.ones((4, 2), bool)
@@ -199,7 +199,7 @@ def test_classifier_free_guidance_in_one_batched_call():
     expected = w * np.asarray(ids, np.float64) + (1 - w) * c
     np.testing.assert_allclose(np.asarray(x)[:, 0, 0], expected, rtol=1e-6)
     assert calls == ([(4,)] if w == 1.0 else [(8,)])  # cond and null stacked into one call
-  # Unconditional sampling passes class_id=None (the network's null class), with no guidance.
+  # Unconditional sampling passes cond=None (the network's null class), with no guidance.
   x = make_sampler(class_reporter, SCHEDULE, num_steps=5, guidance_scale=2.0, num_classes=c)(
       None, jax.random.PRNGKey(0), mask, None, 2)
   np.testing.assert_allclose(x, -1.0)

@@ -11,8 +11,8 @@ per-example random choice is keyed on that index (`per_example_keys`), so a step
 exactly what one device would draw for the whole batch: pmap = single device, and resume = uninterrupted run.
 Global quantities (a token count, the batch size) come from `ldlg.engine.parallel.global_sum`.
 
-Conditioning travels as one `cond` pytree (a dict: "class_id" [B], "self_cond" [B, L, D], "source" ...), never
-as more positional arguments.
+Conditioning travels as one `cond` pytree (a dict: "class_id" [B], "source" [B, S, Ds] + "source_mask" [B, S]
+...), never as more positional arguments; the Gaussian method's is defined in `methods/gaussian/condition.py`.
 """
 
 import abc

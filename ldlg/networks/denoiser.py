@@ -102,6 +102,10 @@ class Denoiser(nn.Module):
       on GPU; see attention.py).
     remat: recompute each block's activations in the backward pass (memory for compute; the paper config on
       accelerators).
+    source_dim: 0 = no source (default); Ds > 0 = sequence-to-sequence LD4LG: the call takes a source encoding
+      [B, S, Ds], projected to `dim` and appended to the cross-attention memory after one learned null-source
+      token that is always there (so a row whose source is dropped, all of source_mask False, still attends to
+      something and means "no source").
   """
   latent_dim: int = 768
   dim: int = 768
@@ -128,6 +132,7 @@ class Denoiser(nn.Module):
   gelu_approximate: bool = True
   attention_impl: str = "plain"
   remat: bool = False
+  source_dim: int = 0
 
   @property
   def heads(self) -> int:
@@ -153,7 +158,7 @@ class Denoiser(nn.Module):
       raise ValueError(f"Denoiser.unet_skip_count={self.unet_skip_count} must be in [1, num_layers // 2 = "
                        f"{self.num_layers // 2}] (0 = num_layers // 2); U-Net skips need num_layers >= 2.")
 
-  def _check(self, z_t, t, mask, self_cond, has_self_cond, class_id):
+  def _check(self, z_t, t, mask, self_cond, has_self_cond, class_id, source, source_mask):
     """Shape checks with messages that say what to pass instead (static, so free under jit)."""
     if self.dtype not in _DTYPES:
       raise ValueError(f"Denoiser.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
@@ -185,11 +190,23 @@ class Denoiser(nn.Module):
     if self.num_classes > 0 and class_id is not None and jnp.shape(class_id) != (batch,):
       raise ValueError(f"class_id must be [B]={batch} ints in [0, {self.num_classes}], got shape "
                        f"{jnp.shape(class_id)}.")
+    if (source is None) != (source_mask is None):
+      raise ValueError("pass source and source_mask together (source_mask: [B, S] bool, True = valid).")
+    if source is not None:
+      if self.source_dim <= 0:
+        raise ValueError("a source was given, but the Denoiser has source_dim=0 (no source input); build it "
+                         "with source_dim = the source encoding's width.")
+      if source.ndim != 3 or source.shape[0] != batch or source.shape[-1] != self.source_dim:
+        raise ValueError(f"source must be [B={batch}, S, source_dim={self.source_dim}], got {source.shape}.")
+      if source_mask.shape != source.shape[:2] or source_mask.dtype != jnp.bool_:
+        raise ValueError(f"source_mask must be a bool [B, S]={source.shape[:2]} array, got "
+                         f"{source_mask.dtype} {source_mask.shape}.")
 
   @nn.compact
   def __call__(self, z_t: jnp.ndarray, t: jnp.ndarray, mask: jnp.ndarray,
                self_cond: jnp.ndarray | None = None, has_self_cond: jnp.ndarray | None = None,
-               class_id: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
+               class_id: jnp.ndarray | None = None, source: jnp.ndarray | None = None,
+               source_mask: jnp.ndarray | None = None, *, train: bool = False) -> jnp.ndarray:
     """Denoise.
 
     Args:
@@ -201,12 +218,14 @@ class Denoiser(nn.Module):
         as with self_cond=None). None with a self_cond given = all True.
       class_id: [B] ints in [0, num_classes]; num_classes = the null class; None = all null. Ignored when
         num_classes == 0. Out-of-range ids give NaN outputs (gather fill), not a silent wrong class.
+      source: [B, S, source_dim] source encoding (source_dim > 0 only), or None = the null source for all.
+      source_mask: [B, S] bool, True = valid source position; an all-False row = that example's null source.
       train: enables dropout (rng stream "dropout").
 
     Returns:
       x̂: [B, L, latent_dim] float32.
     """
-    self._check(z_t, t, mask, self_cond, has_self_cond, class_id)
+    self._check(z_t, t, mask, self_cond, has_self_cond, class_id, source, source_mask)
     dtype = _DTYPES[self.dtype]
     deterministic = not train
     batch, length, _ = z_t.shape
@@ -282,6 +301,16 @@ class Denoiser(nn.Module):
                            param_dtype=jnp.float32, name="class_embed")(class_id)
       memory = jnp.concatenate([memory, class_tok.astype(dtype)[:, None, :]], axis=1)
       memory_mask = jnp.concatenate([memory_mask, jnp.ones((batch, 1), bool)], axis=1)
+    if self.source_dim > 0:
+      # [.. ; null-source token ; Dense(source)]: the token is always valid, the source rows where source_mask.
+      if source is None:  # Null source for every example (and the projection still exists after init).
+        source = jnp.zeros((batch, 1, self.source_dim), dtype)
+        source_mask = jnp.zeros((batch, 1), bool)
+      null_source = self.param("null_source", embed_init, (self.dim,), jnp.float32)
+      src = dense(self.dim, "source_proj")(jnp.where(source_mask[..., None], source, 0.0).astype(dtype))
+      memory = jnp.concatenate([memory, jnp.broadcast_to(null_source.astype(dtype), (batch, 1, self.dim)),
+                                src.astype(dtype)], axis=1)
+      memory_mask = jnp.concatenate([memory_mask, jnp.ones((batch, 1), bool), source_mask], axis=1)
 
     heads = self.heads
     if official:

@@ -11,9 +11,11 @@ from typing import Any, Optional, Protocol
 import flax.linen as nn
 import jax
 
+from ldlg.methods.gaussian import condition
+
 
 class DenoiseFn(Protocol):
-  """f(params, z_t, t, mask, self_cond, has_self_cond, class_id, train, rng) -> network output.
+  """f(params, z_t, t, mask, self_cond, has_self_cond, cond, train, rng) -> network output.
 
   Args:
     params: the network's parameter pytree (anything for an oracle).
@@ -22,7 +24,8 @@ class DenoiseFn(Protocol):
     mask: [B, L] bool, True = valid position.
     self_cond: [B, L, D] previous x0 estimate, or None (no example has one).
     has_self_cond: [B] bool, per example whether `self_cond` counts (False = as if None), or None.
-    class_id: [B] int in [0, num_classes] (num_classes = null class), or None (all null).
+    cond: the conditioning pytree (`condition.py`): None (unconditional), a [B] int class-id array, or a
+      dict with "class_id" [B] and/or "source" [B, S, Ds] + "source_mask" [B, S].
     train: whether dropout is active.
     rng: PRNG key for dropout.
 
@@ -32,7 +35,7 @@ class DenoiseFn(Protocol):
 
   def __call__(self, params: Any, z_t: jax.Array, t: jax.Array, mask: jax.Array,
                self_cond: Optional[jax.Array], has_self_cond: Optional[jax.Array],
-               class_id: Optional[jax.Array], train: bool, rng: jax.Array) -> jax.Array:
+               cond: Any, train: bool, rng: jax.Array) -> jax.Array:
     ...
 
 
@@ -40,13 +43,14 @@ def denoise_fn_from_module(model: nn.Module) -> DenoiseFn:
   """Wraps `model.apply` as a `DenoiseFn` (params = the 'params' collection; rng = 'dropout' stream).
 
   Args:
-    model: a flax module called as model(z_t, t, mask, self_cond=, has_self_cond=, class_id=, train=).
+    model: a flax module called as model(z_t, t, mask, self_cond=, has_self_cond=, class_id=, source=,
+      source_mask=, train=) (the fields of `cond` it is given; `condition.module_kwargs`).
 
   Returns:
     The denoise function.
   """
-  def denoise_fn(params, z_t, t, mask, self_cond, has_self_cond, class_id, train, rng):
+  def denoise_fn(params, z_t, t, mask, self_cond, has_self_cond, cond, train, rng):
     return model.apply({"params": params}, z_t, t, mask, self_cond=self_cond,
-                       has_self_cond=has_self_cond, class_id=class_id, train=train,
-                       rngs={"dropout": rng})
+                       has_self_cond=has_self_cond, train=train, rngs={"dropout": rng},
+                       **condition.module_kwargs(cond))
   return denoise_fn

@@ -9,11 +9,12 @@ Also here: the argument checks of the sampler call signature shared with `sample
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
+from ldlg.methods.gaussian import condition
 from ldlg.methods.gaussian import continuous as ct
 from ldlg.methods.gaussian import parameterization as param_lib
 from ldlg.methods.gaussian.denoise_fn import DenoiseFn
@@ -23,8 +24,9 @@ X0Fn = Callable[..., jax.Array]
 
 def make_x0_estimator(denoise_fn: DenoiseFn, cs: ct.ContinuousSchedule, *, objective: str = "x0",
                       self_condition: bool = True, guidance_scale: float = 1.0, num_classes: int = 0,
-                      clip_x0: Optional[float] = None, time_input: str = "nearest") -> X0Fn:
-  """Builds x0_fn(params, z, t, mask, estimate, has_estimate, class_id, rng) -> x̂0.
+                      clip_x0: Optional[float] = None, time_input: str = "nearest",
+                      source_conditioned: bool = False) -> X0Fn:
+  """Builds x0_fn(params, z, t, mask, estimate, has_estimate, cond, rng) -> x̂0.
 
   Args:
     denoise_fn: the network.
@@ -35,34 +37,31 @@ def make_x0_estimator(denoise_fn: DenoiseFn, cs: ct.ContinuousSchedule, *, objec
     num_classes: C, the null class id (needed when guidance_scale != 1).
     clip_x0: clip x̂0 to [-clip_x0, clip_x0] when set.
     time_input: "nearest" or "fractional" (see `continuous.network_time`).
+    source_conditioned: the model reads a source (guidance then contrasts it with the null source).
 
   Returns:
     x0_fn with z: [B, L, D]; t: continuous time, scalar or [B]; mask: [B, L] bool; estimate: [B, L, D]
-    (ignored when self_condition is False); has_estimate: scalar bool; class_id: [B] int or None; rng: key.
+    (ignored when self_condition is False); has_estimate: scalar bool; cond: the conditioning pytree
+    (`condition.py`) or None; rng: key.
     Returns x̂0 [B, L, D] float32, 0 at padded positions.
   """
   param_lib.check_objective(objective)
   if time_input not in ct.TIME_INPUTS:
     raise ValueError(f"unknown time_input {time_input!r}; choose one of {ct.TIME_INPUTS}")
   guided = guidance_scale != 1.0
-  if guided and num_classes <= 0:
-    raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model: pass "
-                     "num_classes (> 0) so the null class id is known, or set guidance_scale=1")
+  if guided and num_classes <= 0 and not source_conditioned:
+    raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model: pass num_classes (> 0) so "
+                     "the null class id is known, or source_conditioned=True, or set guidance_scale=1")
   if clip_x0 is not None and clip_x0 <= 0:
     raise ValueError(f"clip_x0 must be positive or None, got {clip_x0}")
 
-  def x0_fn(params, z, t, mask, estimate, has_estimate, class_id, rng):
+  def x0_fn(params, z, t, mask, estimate, has_estimate, cond, rng):
     batch = z.shape[0]
     t_b = jnp.full((batch,), ct.network_time(cs, t, time_input))
     self_cond = estimate if self_condition else None
     has_sc = jnp.full((batch,), has_estimate) if self_condition else None
-    if guided and class_id is not None:
-      two = lambda x: None if x is None else jnp.concatenate([x, x], axis=0)
-      ids = jnp.concatenate([class_id, jnp.full_like(class_id, num_classes)])
-      out = denoise_fn(params, two(z), two(t_b), two(mask), two(self_cond), two(has_sc), ids, False, rng)
-      out = guidance_scale * out[:batch] + (1.0 - guidance_scale) * out[batch:]
-    else:
-      out = denoise_fn(params, z, t_b, mask, self_cond, has_sc, class_id, False, rng)
+    out = condition.guided_output(denoise_fn, params, z, t_b, mask, self_cond, has_sc, cond, rng, guidance_scale,
+                                  num_classes)
     ab = jnp.full((batch,), ct.alpha_bar(cs, t))
     x0 = param_lib.x0_from_output(objective, z, out.astype(jnp.float32), ab)
     if clip_x0 is not None:
@@ -79,17 +78,17 @@ def two_pass_x0(x0_fn: X0Fn, self_condition: bool) -> X0Fn:
   answer (as in training's self-conditioning pass), so each evaluation costs 2 network calls. Derivatives
   (the likelihood's divergence) flow through both passes: the field is the composite function of z.
   """
-  def fn(params, z, t, mask, class_id, rng):
-    first = x0_fn(params, z, t, mask, jnp.zeros_like(z), False, class_id, rng)
+  def fn(params, z, t, mask, cond, rng):
+    first = x0_fn(params, z, t, mask, jnp.zeros_like(z), False, cond, rng)
     if not self_condition:
       return first
-    return x0_fn(params, z, t, mask, first, True, class_id, rng)
+    return x0_fn(params, z, t, mask, first, True, cond, rng)
   return fn
 
 
-def check_sample_args(mask: jax.Array, class_id: Optional[jax.Array], latent_dim: Optional[int],
-                      global_batch: Optional[int]) -> Optional[jax.Array]:
-  """Validates the arguments of a `sample` call; returns class_id as int32 (or None)."""
+def check_sample_args(mask: jax.Array, cond: Any, latent_dim: Optional[int],
+                      global_batch: Optional[int]) -> condition.Cond:
+  """Validates the arguments of a `sample` call; returns cond as a dict (`condition.check`) or None."""
   if latent_dim is None:
     raise ValueError("sample() needs latent_dim (the width D of the latents, e.g. config.model.latent_dim)")
   if mask.ndim != 2 or mask.dtype != jnp.bool_:
@@ -97,8 +96,4 @@ def check_sample_args(mask: jax.Array, class_id: Optional[jax.Array], latent_dim
                      "build it with mask_from_lengths")
   if global_batch is not None and global_batch < mask.shape[0]:
     raise ValueError(f"global_batch={global_batch} is smaller than this shard's batch {mask.shape[0]}")
-  if class_id is not None:
-    if class_id.shape != mask.shape[:1]:
-      raise ValueError(f"class_id must be [B] = {mask.shape[:1]}, got shape {class_id.shape}")
-    class_id = class_id.astype(jnp.int32)
-  return class_id
+  return condition.check(cond, mask.shape[0])

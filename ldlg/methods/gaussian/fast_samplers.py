@@ -93,11 +93,11 @@ def affine_coefficients(cs: ct.ContinuousSchedule, kind: str, ts: np.ndarray) ->
 
 
 def _make_sample(body: Callable[..., jax.Array]) -> SampleFn:
-  """Wraps body(params, z, mask, class_id, key, noise) -> x0 in the shared jitted `sample` signature."""
+  """Wraps body(params, z, mask, cond, key, noise) -> x0 in the shared jitted `sample` signature."""
 
   @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
-  def sample(params, rng, mask, class_id=None, latent_dim=None, example_offset=0, global_batch=None):
-    class_id = check_sample_args(mask, class_id, latent_dim, global_batch)
+  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None):
+    cond = check_sample_args(mask, cond, latent_dim, global_batch)
     shape = mask.shape + (latent_dim,)
     valid = mask[..., None]
 
@@ -105,7 +105,7 @@ def _make_sample(body: Callable[..., jax.Array]) -> SampleFn:
       return jnp.where(valid, noise_lib.batch_normal(key, shape, example_offset, global_batch), 0.0)
 
     k_init, k_body = jax.random.split(rng)
-    z = body(params, noise(k_init), mask, class_id, k_body, noise)
+    z = body(params, noise(k_init), mask, cond, k_body, noise)
     return jnp.where(valid, z, 0.0)
 
   return sample
@@ -118,12 +118,12 @@ def make_affine_sampler(x0_fn: Callable[..., jax.Array], coefs: dict[str, np.nda
         "b": f32(coefs["b"]), "c": f32(coefs["c"]), "sigma": f32(coefs["sigma"])}
   stochastic = bool(np.any(coefs["sigma"] > 0))
 
-  def body(params, z, mask, class_id, key, noise):
+  def body(params, z, mask, cond, key, noise):
     k_steps, k_net = jax.random.split(key)
 
     def step(carry, x):
       z, prev = carry  # prev: the previous x̂0, both the multistep history and the self-conditioning input
-      x0 = x0_fn(params, z, x["t"], mask, prev, x["step"] > 0, class_id, jax.random.fold_in(k_net, x["step"]))
+      x0 = x0_fn(params, z, x["t"], mask, prev, x["step"] > 0, cond, jax.random.fold_in(k_net, x["step"]))
       z = x["a"] * x0 + x["c"] * prev + x["b"] * z
       if stochastic:
         z = z + x["sigma"] * noise(jax.random.fold_in(k_steps, x["step"]))
@@ -155,7 +155,7 @@ def make_pc_sampler(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule, 
         "lang_alpha": f32(np.exp(-ct.beta(cs, ts, np) / cs.num_timesteps))}
   n_corr = int(num_corrector_steps)
 
-  def body(params, z, mask, class_id, key, noise):
+  def body(params, z, mask, cond, key, noise):
     k_pred, k_corr, k_net = jax.random.split(key, 3)
     valid = mask[..., None]
     norm = lambda v: jnp.sqrt(jnp.sum(jnp.where(valid, v * v, 0.0), axis=(1, 2)))[:, None, None]
@@ -166,7 +166,7 @@ def make_pc_sampler(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule, 
 
       def corrector(j, carry):
         z, estimate = carry
-        x0 = x0_fn(params, z, x["t"], mask, estimate, (x["step"] > 0) | (j > 0), class_id, net_key(j))
+        x0 = x0_fn(params, z, x["t"], mask, estimate, (x["step"] > 0) | (j > 0), cond, net_key(j))
         score = jnp.where(valid, -(z - jnp.sqrt(x["ab"]) * x0) / (1.0 - x["ab"]), 0.0)
         eps = noise(jax.random.fold_in(jax.random.fold_in(k_corr, x["step"]), j))
         g = norm(score)
@@ -174,7 +174,7 @@ def make_pc_sampler(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule, 
         return z + s * score + jnp.sqrt(2.0 * s) * eps, x0
 
       z, estimate = jax.lax.fori_loop(0, n_corr, corrector, (z, estimate))
-      x0 = x0_fn(params, z, x["t"], mask, estimate, (x["step"] > 0) | (n_corr > 0), class_id, net_key(n_corr))
+      x0 = x0_fn(params, z, x["t"], mask, estimate, (x["step"] > 0) | (n_corr > 0), cond, net_key(n_corr))
       z = x["a"] * x0 + x["b"] * z + x["sigma"] * noise(jax.random.fold_in(k_pred, x["step"]))
       return (z, x0), None
 
@@ -191,7 +191,7 @@ def make_continuous_sampler(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.
                             num_classes: int = 0, time_input: str = "nearest",
                             num_corrector_steps: int = 1, snr: float = 0.16, rtol: float = 1e-5,
                             atol: float = 1e-5, solver: str = "tsit5", max_steps: int = 4096,
-                            with_nfe: bool = False) -> SampleFn:
+                            with_nfe: bool = False, source_conditioned: bool = False) -> SampleFn:
   """Builds a continuous-time sampler by name (the route for `config.sample.sampler`).
 
   Args:
@@ -207,9 +207,10 @@ def make_continuous_sampler(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.
     num_corrector_steps, snr: the predictor–corrector's Langevin steps per grid time and target SNR.
     rtol, atol, solver, max_steps: the adaptive ODE solver's options (`pf_ode.make_ode_sampler`).
     with_nfe: return (x0, nfe [B] int32, network calls per example) from every kind; otherwise x0 alone.
+    source_conditioned: the model reads a source (guidance then contrasts it with the null source).
 
   Returns:
-    sample(params, rng, mask, class_id=None, latent_dim=D, example_offset=0, global_batch=None) -> x0 [B, L, D]
+    sample(params, rng, mask, cond=None, latent_dim=D, example_offset=0, global_batch=None) -> x0 [B, L, D]
     (or (x0, nfe)), jitted with latent_dim and global_batch static; x0 is 0 at padded positions.
   """
   if kind not in CONTINUOUS_SAMPLERS:
@@ -217,7 +218,7 @@ def make_continuous_sampler(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.
   cs = as_continuous(schedule)
   x0_fn = make_x0_estimator(denoise_fn, cs, objective=objective, self_condition=self_condition,
                             guidance_scale=guidance_scale, num_classes=num_classes, clip_x0=clip_x0,
-                            time_input=time_input)
+                            time_input=time_input, source_conditioned=source_conditioned)
   if kind == "ode_adaptive":
     from ldlg.methods.gaussian import pf_ode  # diffrax is imported only when the ODE sampler is asked for
     ode_sample = pf_ode.make_ode_sampler(x0_fn, cs, self_condition=self_condition, t_min=t_min, rtol=rtol,

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldlg.methods.gaussian import condition
 from ldlg.methods.gaussian import continuous as ct
 from ldlg.methods.gaussian import noise as noise_lib
 from ldlg.methods.gaussian import pf_ode
@@ -59,7 +60,7 @@ def _report(total_nll: jax.Array, mask: jax.Array, latent_dim: int, prefix: str)
 
 
 def ode_nll(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.ContinuousSchedule], params: Any,
-            rng: jax.Array, latents: jax.Array, mask: jax.Array, class_id: Optional[jax.Array] = None, *,
+            rng: jax.Array, latents: jax.Array, mask: jax.Array, cond: Any = None, *,
             objective: str = "x0", self_condition: bool = True, time_input: str = "nearest",
             t_min: Optional[float] = None, trace: str = "hutchinson", num_probes: int = 1,
             probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, solver: str = "tsit5",
@@ -73,7 +74,7 @@ def ode_nll(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.ContinuousSchedu
     rng: key for the Hutchinson probes.
     latents: [B, L, D] data latents.
     mask: [B, L] bool, True = valid.
-    class_id: [B] int or None (the null class).
+    cond: the conditioning (`condition.py`: [B] class ids, or a dict with class_id / source), or None.
     objective, self_condition, time_input: how the network is read (`estimator.make_x0_estimator`).
     t_min: where the data sits on the path, default 1/T.
     trace: "exact" or "hutchinson".
@@ -102,13 +103,13 @@ def ode_nll(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.ContinuousSchedu
     probes = jnp.sign(draws) if probe == "rademacher" else draws
     probes = jnp.where(mask[:, None, :, None], probes, 0.0)
 
-  def one(x, mask_b, cid_b, probes_b):
+  def one(x, mask_b, cond_b, probes_b):
     n_valid = jnp.sum(mask_b).astype(jnp.float32) * dim
-    cid = None if cid_b is None else cid_b[None]
+    cond_1 = condition.add_batch_axis(cond_b)
 
     def x0_of(z, lam):
       t = ct.t_from_log_snr(cs, lam)
-      return jnp.where(mask_b[:, None], x0_fn(params, z[None], t, mask_b[None], cid, k_net)[0], 0.0)
+      return jnp.where(mask_b[:, None], x0_fn(params, z[None], t, mask_b[None], cond_1, k_net)[0], 0.0)
 
     def field(lam, state):
       z, _ = state
@@ -129,17 +130,17 @@ def ode_nll(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.ContinuousSchedu
     prior = -0.5 * (jnp.sum(jnp.where(mask_b[:, None], z1 * z1, 0.0)) + n_valid * _LOG_2PI)
     return prior, delta, evals
 
-  if class_id is None:
+  if cond is None:
     prior, delta, evals = jax.vmap(lambda a, b, p: one(a, b, None, p))(latents, mask, probes)
   else:
-    prior, delta, evals = jax.vmap(one)(latents, mask, class_id.astype(jnp.int32), probes)
+    prior, delta, evals = jax.vmap(one)(latents, mask, condition.check(cond, batch), probes)
   out = _report(-(prior + delta), mask, dim, "nll")
   out.update(prior_logp=prior, delta_logp=delta, nfe=evals * (2 if self_condition else 1))
   return out
 
 
 def vlb_nll(denoise_fn: DenoiseFn, schedule: Schedule, params: Any, rng: jax.Array, latents: jax.Array,
-            mask: jax.Array, class_id: Optional[jax.Array] = None, *, objective: str = "x0",
+            mask: jax.Array, cond: Any = None, *, objective: str = "x0",
             self_condition: bool = True, num_terms: Optional[int] = None,
             decoder_variance: Optional[float] = None, example_offset=0,
             global_batch: Optional[int] = None) -> dict[str, jax.Array]:
@@ -148,7 +149,7 @@ def vlb_nll(denoise_fn: DenoiseFn, schedule: Schedule, params: Any, rng: jax.Arr
   Args:
     denoise_fn: the network.
     schedule: the discrete training `Schedule` (T steps).
-    params, rng, latents [B, L, D], mask [B, L], class_id [B] or None: as in `ode_nll`.
+    params, rng, latents [B, L, D], mask [B, L], cond: as in `ode_nll`.
     objective, self_condition: how the network is read.
     num_terms: None sums all T-1 diffusion terms (T network calls); K draws, per example, one step uniformly
       from each of K equal strata of [1, T-1] weighted by the stratum's size: an unbiased estimate (K + 1 calls).
@@ -185,7 +186,7 @@ def vlb_nll(denoise_fn: DenoiseFn, schedule: Schedule, params: Any, rng: jax.Arr
     eps = noise_lib.batch_normal(jax.random.fold_in(k_terms, fold), x.shape, example_offset, global_batch)
     a = jnp.reshape(ab32[t], jnp.shape(t) + (1, 1))
     z = jnp.where(valid, jnp.sqrt(a) * x + jnp.sqrt(1.0 - a) * eps, 0.0)
-    x0 = x0_fn(params, z, (t + 1.0) / T, mask, class_id, jax.random.fold_in(k_net, fold))
+    x0 = x0_fn(params, z, (t + 1.0) / T, mask, cond, jax.random.fold_in(k_net, fold))
     return sq_err_sum(x - x0)
 
   if num_terms is None:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from ldlg.engine import parallel
 from ldlg.methods.base import per_example_keys
+from ldlg.methods.gaussian import condition
 from ldlg.methods.gaussian import parameterization as param_lib
 from ldlg.methods.gaussian.denoise_fn import DenoiseFn
 from ldlg.methods.gaussian.schedules import Schedule, q_sample
@@ -65,7 +66,8 @@ def _check_batch(batch: Mapping[str, jax.Array]) -> None:
 def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = "x0",
                  loss_type: str = "l2", self_condition_prob: float = 0.5, label_dropout: float = 0.1,
                  num_classes: int = 0, train: bool = True,
-                 self_condition_mode: str = "per_example") -> LossFn:
+                 self_condition_mode: str = "per_example", source_conditioned: bool = False,
+                 source_dropout: float = 0.1) -> LossFn:
   """Builds the diffusion training loss.
 
   Args:
@@ -77,20 +79,26 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
       0 skips the first (estimate) pass entirely.
     label_dropout: probability that an example's label is replaced by the null class `num_classes`.
     num_classes: C > 0 for a class-conditional model (the batch must then hold "label"); 0 for an
-      unconditional one (any "label" in the batch is ignored and class_id=None is passed).
+      unconditional one (any "label" in the batch is ignored; with no source either, cond=None is passed).
     train: passed to `denoise_fn` (dropout on/off); False for an evaluation loss.
     self_condition_mode: "per_example", "per_batch" or "skip_if_unused" (see the module docstring).
+    source_conditioned: the model reads a source encoding (sequence-to-sequence LD4LG): the batch must then
+      hold "source" [B, S, Ds] and "source_mask" [B, S].
+    source_dropout: probability that an example's source is replaced by the null source (all of its
+      source_mask False), which trains the unconditional model that classifier-free guidance needs.
 
   Returns:
     loss_fn(params, rng, batch) -> (loss, metrics), jit-able, where
       params: the network parameters;
       rng: a PRNG key (give every device of a data-parallel step the same key);
       batch: {"latents": [B, L, D] float, "mask": [B, L] bool, "label": [B] int (conditional models),
+        "source" [B, S, Ds] and "source_mask" [B, S] (source-conditioned models),
         "example_index": [B] int global indices (default arange(B))};
       loss: scalar, per-element L2/L1 on the objective's target averaged over each example's valid
         positions and channels, then averaged over examples with equal weight;
       metrics: {"loss", "t_mean" (mean timestep), "self_cond_frac", "x0_mse" (squared error of the x0
-        estimate, comparable across objectives), "null_label_frac" (conditional models only)}, each a
+        estimate, comparable across objectives), "null_label_frac" / "null_source_frac" (conditional models
+        only)}, each a
         batch mean, so `lax.pmean` of per-device metrics gives the global values.
   """
   param_lib.check_objective(objective)
@@ -100,6 +108,8 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
     raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
   if not 0.0 <= label_dropout <= 1.0:
     raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
+  if not 0.0 <= source_dropout <= 1.0:
+    raise ValueError(f"source_dropout must be in [0, 1], got {source_dropout}")
   if num_classes < 0:
     raise ValueError(f"num_classes must be >= 0 (0 = unconditional), got {num_classes}")
   if self_condition_mode not in SELF_CONDITION_MODES:
@@ -128,17 +138,27 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
     alpha_bar = schedule.alphas_cumprod[t]
 
     metrics = {}
-    class_id = None
+    cond, dropped = {}, {}
     if num_classes > 0:
       if "label" not in batch:
         raise ValueError(f"num_classes={num_classes} (class-conditional) but the batch has no 'label'; "
                          "add labels to the batch or set num_classes=0 for an unconditional model")
-      drop = jax.vmap(lambda k: jax.random.bernoulli(k, label_dropout))(k_label)
-      class_id = jnp.where(drop, num_classes, batch["label"].astype(jnp.int32))
-      metrics["null_label_frac"] = jnp.mean(drop.astype(jnp.float32))
+      cond["class_id"] = batch["label"]
+      dropped["class_id"] = jax.vmap(lambda k: jax.random.bernoulli(k, label_dropout))(k_label)
+      metrics["null_label_frac"] = jnp.mean(dropped["class_id"].astype(jnp.float32))
+    if source_conditioned:
+      if "source" not in batch or "source_mask" not in batch:
+        raise ValueError("the model reads a source (source-conditioned) but the batch has no 'source' / "
+                         "'source_mask'; add the source encodings to the batch or build the model without one")
+      cond.update(source=batch["source"], source_mask=batch["source_mask"])
+      # A key derived from the label key, so adding a source leaves the label coins unchanged.
+      k_source = jax.vmap(lambda k: jax.random.fold_in(k, 3))(k_label)
+      dropped["source"] = jax.vmap(lambda k: jax.random.bernoulli(k, source_dropout))(k_source)
+      metrics["null_source_frac"] = jnp.mean(dropped["source"].astype(jnp.float32))
+    cond = condition.drop(cond, dropped, num_classes) if cond else None
 
     def estimate_pass(p):
-      first = denoise_fn(p, z_t, t, mask, None, None, class_id, train, k_drop1)
+      first = denoise_fn(p, z_t, t, mask, None, None, cond, train, k_drop1)
       # The estimate is an input, not a path for gradients (paper Sec. 4.2).
       return jax.lax.stop_gradient(param_lib.x0_from_output(objective, z_t, first, alpha_bar))
 
@@ -151,7 +171,7 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
 
     if self_condition_prob == 0:
       use_sc = jnp.zeros((batch_size,), bool)
-      output = denoise_fn(params, z_t, t, mask, None, None, class_id, train, k_drop2)
+      output = denoise_fn(params, z_t, t, mask, None, None, cond, train, k_drop2)
     else:
       if self_condition_mode == "per_batch":
         # Stream 2 of the step key: the same coin on every device and for every example.
@@ -165,7 +185,7 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
           estimate = estimate_pass_if(parallel.global_sum(jnp.sum(use_sc.astype(jnp.int32))) > 0)
         else:
           estimate = estimate_pass(params)
-      output = denoise_fn(params, z_t, t, mask, estimate, use_sc, class_id, train, k_drop2)
+      output = denoise_fn(params, z_t, t, mask, estimate, use_sc, cond, train, k_drop2)
 
     target = param_lib.target_for_objective(objective, x0, noise, alpha_bar)
     err = output.astype(jnp.float32) - target
@@ -185,12 +205,13 @@ def make_loss_fn(denoise_fn: DenoiseFn, schedule: Schedule, *, objective: str = 
 
 
 def loss_fn_from_config(denoise_fn: DenoiseFn, schedule: Schedule, diffusion_cfg: Any, *,
-                        num_classes: int = 0, train: bool = True,
-                 self_condition_mode: str = "per_example") -> LossFn:
+                        num_classes: int = 0, train: bool = True, source_conditioned: bool = False,
+                        self_condition_mode: str = "per_example") -> LossFn:
   """The one place a run builds its loss: from `config.diffusion`.
 
   Reads `objective` ("x0"), `loss_type` ("l2"), `self_condition_prob` (0.5), `self_condition_mode`
-  ("per_example") and `label_dropout` (0.1); a missing field takes the default in brackets.
+  ("per_example"), `label_dropout` (0.1) and `source_dropout` (0.1); a missing field takes the default in
+  brackets.
 
   Args:
     denoise_fn: the network as a `DenoiseFn`.
@@ -198,6 +219,7 @@ def loss_fn_from_config(denoise_fn: DenoiseFn, schedule: Schedule, diffusion_cfg
     diffusion_cfg: a ConfigDict (or any object with those attributes).
     num_classes: the model's number of classes (0 = unconditional).
     train: dropout on (training loss) or off (evaluation loss).
+    source_conditioned: the model reads a source encoding (config.model.source_dim > 0).
 
   Returns:
     The loss function of `make_loss_fn`.
@@ -207,4 +229,5 @@ def loss_fn_from_config(denoise_fn: DenoiseFn, schedule: Schedule, diffusion_cfg
                       loss_type=get("loss_type", "l2"),
                       self_condition_prob=float(get("self_condition_prob", 0.5)),
                       label_dropout=float(get("label_dropout", 0.1)), num_classes=int(num_classes),
-                      train=train, self_condition_mode=get("self_condition_mode", "per_example"))
+                      train=train, self_condition_mode=get("self_condition_mode", "per_example"),
+                      source_conditioned=source_conditioned, source_dropout=float(get("source_dropout", 0.1)))

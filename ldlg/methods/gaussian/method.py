@@ -45,7 +45,8 @@ class GaussianDiffusion(base.Method):
     self.schedule = schedules.schedule_from_config(config.diffusion)
     self.denoise_fn = denoise_fn_lib.denoise_fn_from_module(self.model)
     self._train_loss = losses.loss_fn_from_config(self.denoise_fn, self.schedule, config.diffusion,
-                                                  num_classes=config.model.num_classes, train=True)
+                                                  num_classes=config.model.num_classes, train=True,
+                                                  source_conditioned=self.source_conditioned)
     self._eval_loss = None
 
   @classmethod
@@ -67,6 +68,11 @@ class GaussianDiffusion(base.Method):
     return int(self.config.model.num_classes)
 
   @property
+  def source_conditioned(self) -> bool:
+    """Sequence-to-sequence LD4LG: the denoiser cross-attends to a source encoding (config.model.source_dim)."""
+    return int(self.config.model.get("source_dim", 0)) > 0
+
+  @property
   def latent_dim(self) -> int:
     return int(self.config.model.latent_dim)
 
@@ -78,6 +84,9 @@ class GaussianDiffusion(base.Method):
     kwargs = {"self_cond": z}
     if self.num_classes > 0:
       kwargs["class_id"] = jnp.zeros((batch,), jnp.int32)
+    if self.source_conditioned:
+      kwargs["source"] = jnp.zeros((batch, 1, int(self.config.model.source_dim)), jnp.float32)
+      kwargs["source_mask"] = jnp.ones((batch, 1), bool)
     init = jax.jit(lambda r: self.model.init(r, *args, **kwargs)["params"])
     return jax.eval_shape(init, rng) if abstract else init(rng)
 
@@ -87,14 +96,17 @@ class GaussianDiffusion(base.Method):
   def eval_loss_fn(self, params, rng, batch):
     if self._eval_loss is None:
       self._eval_loss = losses.loss_fn_from_config(self.denoise_fn, self.schedule, self.config.diffusion,
-                                                    num_classes=self.num_classes, train=False)
+                                                    num_classes=self.num_classes, train=False,
+                                                    source_conditioned=self.source_conditioned)
     return self._eval_loss(params, rng, batch)
 
   def make_sampler(self, sample_config: ml_collections.ConfigDict | None = None, *,
                    return_trajectory_at: Sequence[int] = ()):
-    """sample(params, rng, mask [B, L], class_id [B] | None, example_offset=0, global_batch=None) -> x0
-    [B, L, latent_dim] (normalized latents), or (x0, trajectory) with return_trajectory_at."""
+    """sample(params, rng, mask [B, L], cond | None, example_offset=0, global_batch=None) -> x0
+    [B, L, latent_dim] (normalized latents), or (x0, trajectory) with return_trajectory_at; cond: [B] class ids
+    or a dict with class_id and/or source + source_mask (`condition.py`)."""
     sample = samplers.sampler_from_config(
         self.denoise_fn, self.schedule, sample_config or self.config.sample, self.config.diffusion,
-        num_classes=self.num_classes, return_trajectory_at=return_trajectory_at)
+        num_classes=self.num_classes, source_conditioned=self.source_conditioned,
+        return_trajectory_at=return_trajectory_at)
     return functools.partial(sample, latent_dim=self.latent_dim)

@@ -25,6 +25,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from ldlg.methods.gaussian import condition
 from ldlg.methods.gaussian import continuous as ct
 from ldlg.methods.gaussian import noise as noise_lib
 from ldlg.methods.gaussian.estimator import check_sample_args, two_pass_x0
@@ -65,12 +66,12 @@ def solve(field: Callable[[jax.Array, Any], Any], y0: Any, lam0: jax.Array, lam1
 
 
 def velocity(x0_fn2: Callable[..., jax.Array], cs: ct.ContinuousSchedule) -> Callable[..., jax.Array]:
-  """field(params, λ, z, mask, class_id, rng) -> dz/dλ for one example: z [L, D], mask [L], class_id [] or None."""
-  def field(params, lam, z, mask, class_id, rng):
+  """field(params, λ, z, mask, cond, rng) -> dz/dλ for one example: z [L, D], mask [L], cond one example's
+  conditioning (`condition.py`, no batch axis) or None."""
+  def field(params, lam, z, mask, cond, rng):
     alpha = jnp.sqrt(jax.nn.sigmoid(lam))
     t = ct.t_from_log_snr(cs, lam)
-    cid = None if class_id is None else class_id[None]
-    x0 = x0_fn2(params, z[None], t, mask[None], cid, rng)[0]
+    x0 = x0_fn2(params, z[None], t, mask[None], condition.add_batch_axis(cond), rng)[0]
     return jnp.where(mask[:, None], 0.5 * alpha * (x0 - alpha * z), 0.0)
   return field
 
@@ -78,27 +79,27 @@ def velocity(x0_fn2: Callable[..., jax.Array], cs: ct.ContinuousSchedule) -> Cal
 def make_pf_ode_solver(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule, *, self_condition: bool,
                        rtol: float = 1e-5, atol: float = 1e-5, solver: str = "tsit5",
                        max_steps: int = 4096) -> Callable[..., tuple[jax.Array, jax.Array]]:
-  """Builds solve_batch(params, z, mask, t_start, t_end, class_id=None, rng=None) -> (z_end, nfe).
+  """Builds solve_batch(params, z, mask, t_start, t_end, cond=None, rng=None) -> (z_end, nfe).
 
   t_start > t_end decodes (noise → data), t_start < t_end encodes. z: [B, L, D]; mask [B, L]; times: scalars in
-  (0, 1], Python or traced (one compiled program serves both directions); class_id [B] or None; returns z_end
+  (0, 1], Python or traced (one compiled program serves both directions); cond as in samplers; returns z_end
   [B, L, D] (0 at padding) and nfe [B] int32 network calls per example. Not jitted: jit the caller.
   """
   calls_per_eval = 2 if self_condition else 1
   field = velocity(two_pass_x0(x0_fn, self_condition), cs)
 
-  def solve_batch(params, z, mask, t_start, t_end, class_id=None, rng=None):
+  def solve_batch(params, z, mask, t_start, t_end, cond=None, rng=None):
     rng = jax.random.PRNGKey(0) if rng is None else rng
     lam0, lam1 = (ct.log_snr(cs, jnp.asarray(t, jnp.float32)) for t in (t_start, t_end))
 
-    def one(z_b, mask_b, cid_b):
-      return solve(lambda lam, y: field(params, lam, y, mask_b, cid_b, rng), z_b, lam0, lam1,
+    def one(z_b, mask_b, cond_b):
+      return solve(lambda lam, y: field(params, lam, y, mask_b, cond_b, rng), z_b, lam0, lam1,
                    rtol=rtol, atol=atol, solver=solver, max_steps=max_steps)
 
-    if class_id is None:
+    if cond is None:
       z_end, evals = jax.vmap(lambda a, b: one(a, b, None))(z, mask)
     else:
-      z_end, evals = jax.vmap(one)(z, mask, class_id)
+      z_end, evals = jax.vmap(one)(z, mask, condition.check(cond, z.shape[0]))
     return jnp.where(mask[..., None], z_end, 0.0), calls_per_eval * evals
 
   return solve_batch
@@ -117,7 +118,7 @@ def make_ode_sampler(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule,
     rtol, atol, solver, max_steps: as in `solve`.
 
   Returns:
-    sample(params, rng, mask, class_id=None, latent_dim=D, example_offset=0, global_batch=None)
+    sample(params, rng, mask, cond=None, latent_dim=D, example_offset=0, global_batch=None)
     -> (x0 [B, L, D], nfe [B] int32 network calls), jitted with latent_dim and global_batch static.
   """
   t_min = 1.0 / cs.num_timesteps if t_min is None else float(t_min)
@@ -126,13 +127,13 @@ def make_ode_sampler(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule,
   final = two_pass_x0(x0_fn, self_condition)
 
   @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
-  def sample(params, rng, mask, class_id=None, latent_dim=None, example_offset=0, global_batch=None):
-    class_id = check_sample_args(mask, class_id, latent_dim, global_batch)
+  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None):
+    cond = check_sample_args(mask, cond, latent_dim, global_batch)
     shape = mask.shape + (latent_dim,)
     k_init, k_net = jax.random.split(rng)
     z = jnp.where(mask[..., None], noise_lib.batch_normal(k_init, shape, example_offset, global_batch), 0.0)
-    z, nfe = ode(params, z, mask, 1.0, t_min, class_id, k_net)
-    x0 = final(params, z, jnp.float32(t_min), mask, class_id, k_net)
+    z, nfe = ode(params, z, mask, 1.0, t_min, cond, k_net)
+    x0 = final(params, z, jnp.float32(t_min), mask, cond, k_net)
     return jnp.where(mask[..., None], x0, 0.0), nfe + (2 if self_condition else 1)
 
   return sample

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldlg.methods.gaussian import condition
 from ldlg.methods.gaussian import parameterization as param_lib
 from ldlg.methods.gaussian.noise import batch_normal
 from ldlg.methods.gaussian.denoise_fn import DenoiseFn
@@ -126,7 +127,7 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
                  num_steps: int = 250, eta: float = 1.0, guidance_scale: float = 1.0,
                  objective: str = "x0", self_condition: bool = True,
                  return_trajectory_at: Sequence[int] = (), clip_x0: Optional[float] = None,
-                 num_classes: int = 0) -> SampleFn:
+                 num_classes: int = 0, source_conditioned: bool = False) -> SampleFn:
   """Builds a jitted sampler.
 
   Args:
@@ -144,14 +145,16 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
     return_trajectory_at: step indices in [0, S) (0 = first, noisiest step) at which to record x̂0.
     clip_x0: if set, clip x̂0 to [-clip_x0, clip_x0] (useful with "eps" at high noise); None = no clip.
     num_classes: the model's C (null class id = C); needed only when guidance_scale != 1.
+    source_conditioned: the model reads a source (guidance then contrasts it with the null source).
 
   Returns:
-    sample(params, rng, mask, class_id=None, latent_dim=D) -> x0, or (x0, trajectory) when
+    sample(params, rng, mask, cond=None, latent_dim=D) -> x0, or (x0, trajectory) when
     return_trajectory_at is non-empty, jitted with `latent_dim` static, where
       params: the network parameters;
       rng: PRNG key (start noise from one sub-key, step i's noise from fold_in(other, i));
       mask: [B, L] bool, True = valid (e.g. `mask_from_lengths`);
-      class_id: [B] int in [0, C] or None (unconditional: the denoiser's null class, no guidance);
+      cond: the conditioning (`condition.py`): a [B] int class-id array, a dict with class_id and/or
+        source + source_mask, or None (unconditional: the denoiser's null class and source, no guidance);
       latent_dim: D (static);
       example_offset, global_batch: this call's rows are rows example_offset.. of a global batch of
         global_batch (static) drawn as one: a batch sharded over devices samples exactly what one call on the
@@ -166,9 +169,9 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
     raise ValueError(f"return_trajectory_at must hold step indices in [0, num_steps={num_steps}), got "
                      f"{tuple(return_trajectory_at)}")
   guided = guidance_scale != 1.0
-  if guided and num_classes <= 0:
-    raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model: pass "
-                     "num_classes (> 0) so the null class id is known, or set guidance_scale=1")
+  if guided and num_classes <= 0 and not source_conditioned:
+    raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model: pass num_classes (> 0) so "
+                     "the null class id is known, or source_conditioned=True, or set guidance_scale=1")
   if clip_x0 is not None and clip_x0 <= 0:
     raise ValueError(f"clip_x0 must be positive or None, got {clip_x0}")
   f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
@@ -176,19 +179,14 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
         "alpha_bar": f32(coefs["alpha_bar"]), "a": f32(coefs["a"]), "b": f32(coefs["b"]),
         "sigma": f32(coefs["sigma"])}
 
-  def x0_estimate(params, z, t, mask, estimate, has_estimate, class_id, alpha_bar, rng):
+  def x0_estimate(params, z, t, mask, estimate, has_estimate, cond, alpha_bar, rng):
     """x̂0 [B, L, D] at one step, with guidance in one doubled batch when asked."""
     batch = z.shape[0]
     t_b = jnp.full((batch,), t, jnp.int32)
     self_cond = estimate if self_condition else None
     has_sc = jnp.full((batch,), has_estimate) if self_condition else None
-    if guided and class_id is not None:
-      two = lambda x: None if x is None else jnp.concatenate([x, x], axis=0)
-      ids = jnp.concatenate([class_id, jnp.full_like(class_id, num_classes)])
-      out = denoise_fn(params, two(z), two(t_b), two(mask), two(self_cond), two(has_sc), ids, False, rng)
-      out = guidance_scale * out[:batch] + (1.0 - guidance_scale) * out[batch:]
-    else:
-      out = denoise_fn(params, z, t_b, mask, self_cond, has_sc, class_id, False, rng)
+    out = condition.guided_output(denoise_fn, params, z, t_b, mask, self_cond, has_sc, cond, rng, guidance_scale,
+                        num_classes)
     x0 = param_lib.x0_from_output(objective, z, out.astype(jnp.float32),
                                   jnp.full((batch,), alpha_bar))
     if clip_x0 is not None:
@@ -196,16 +194,13 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
     return jnp.where(mask[..., None], x0, 0.0)
 
   @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
-  def sample(params, rng, mask, class_id=None, latent_dim=None, example_offset=0, global_batch=None):
+  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None):
     if latent_dim is None:
       raise ValueError("sample() needs latent_dim (the width D of the latents, e.g. config.model.latent_dim)")
     if mask.ndim != 2 or mask.dtype != jnp.bool_:
       raise ValueError(f"mask must be bool [B, L] (True = valid), got {mask.dtype} {mask.shape}; "
                        "build it with mask_from_lengths")
-    if class_id is not None:
-      if class_id.shape != mask.shape[:1]:
-        raise ValueError(f"class_id must be [B] = {mask.shape[:1]}, got shape {class_id.shape}")
-      class_id = class_id.astype(jnp.int32)
+    cond = condition.check(cond, mask.shape[0])
     shape = mask.shape + (latent_dim,)
     valid = mask[..., None]
     k_init, k_steps, k_net = jax.random.split(rng, 3)
@@ -214,7 +209,7 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
 
     def step(carry, x):
       z, estimate, traj = carry
-      x0 = x0_estimate(params, z, x["t"], mask, estimate, x["step"] > 0, class_id, x["alpha_bar"],
+      x0 = x0_estimate(params, z, x["t"], mask, estimate, x["step"] > 0, cond, x["alpha_bar"],
                        jax.random.fold_in(k_net, x["step"]))
       noise = jnp.where(valid, batch_normal(jax.random.fold_in(k_steps, x["step"]), shape, example_offset,
                                             global_batch), 0.0)
@@ -232,7 +227,7 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
 
 
 def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: Any,
-                        diffusion_cfg: Any, *, num_classes: int = 0,
+                        diffusion_cfg: Any, *, num_classes: int = 0, source_conditioned: bool = False,
                         return_trajectory_at: Sequence[int] = (), with_nfe: bool = False) -> SampleFn:
   """The one place a run builds its sampler: from `config.sample` and `config.diffusion`.
 
@@ -248,6 +243,7 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
     sample_cfg: `config.sample`.
     diffusion_cfg: `config.diffusion`.
     num_classes: the model's number of classes (needed for guidance).
+    source_conditioned: the model reads a source (config.model.source_dim > 0; guidance may then be on).
     return_trajectory_at: as in `make_sampler`.
     with_nfe: the sampler returns (x0, nfe [B] int32), the network calls each example took (measured by the
       adaptive ODE solver; the fixed count of the others). Not with return_trajectory_at.
@@ -268,7 +264,8 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
         denoise_fn, schedule, kind=kind, num_steps=int(sample_cfg.num_steps), spacing=get("spacing", None) or None,
         guidance_scale=float(get("guidance_scale", 1.0)), objective=getattr(diffusion_cfg, "objective", "x0"),
         self_condition=float(getattr(diffusion_cfg, "self_condition_prob", 0.5)) > 0,
-        clip_x0=get("clip_x0", None), num_classes=int(num_classes), snr=float(get("corrector_snr", 0.16)),
+        clip_x0=get("clip_x0", None), num_classes=int(num_classes), source_conditioned=source_conditioned,
+        snr=float(get("corrector_snr", 0.16)),
         num_corrector_steps=int(get("corrector_steps", 1)), rtol=float(get("ode_rtol", 1e-5)),
         atol=float(get("ode_atol", 1e-5)), with_nfe=with_nfe)
   num_steps = schedule.num_timesteps if kind == "ddpm" else int(sample_cfg.num_steps)
@@ -278,7 +275,7 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
       objective=getattr(diffusion_cfg, "objective", "x0"),
       self_condition=float(getattr(diffusion_cfg, "self_condition_prob", 0.5)) > 0,
       return_trajectory_at=tuple(return_trajectory_at), clip_x0=getattr(sample_cfg, "clip_x0", None),
-      num_classes=int(num_classes))
+      num_classes=int(num_classes), source_conditioned=source_conditioned)
   if not with_nfe:
     return sample
 
