@@ -201,7 +201,9 @@ def make_cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
                       sample_every=1000)
   config.sample.update(num_samples=500, batch_size=100)
   # Offline: no gpt2-large. MAUVE on MiniLM features; no perplexity judge unless one is trained.
-  config.eval.update(featurizer="minilm", ppl_model="")
+  # Likelihood tolerance 1e-3, not 1e-5: on the E2E main job's model it moved the ODE NLL by 0.004 of 74.4 nats
+  # per dimension (8 examples) for 9x fewer network calls (149 vs 1,313), which lets it finish on a CPU.
+  config.eval.update(featurizer="minilm", ppl_model="", likelihood_rtol=1e-3, likelihood_atol=1e-3)
   return config
 
 
