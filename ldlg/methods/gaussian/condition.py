@@ -123,3 +123,10 @@ def guided_output(denoise_fn: Any, params: Any, z: jax.Array, t: jax.Array, mask
   out = denoise_fn(params, two(z), two(t), two(mask), two(self_cond), two(has_self_cond),
                    with_null(cond, num_classes), False, rng)
   return guidance_scale * out[:batch] + (1.0 - guidance_scale) * out[batch:]
+
+
+def check_guidance(guidance_scale: float, num_classes: int, source_conditioned: bool) -> None:
+  """Guidance (w != 1) needs something to contrast with a null: classes (num_classes > 0) or a source."""
+  if guidance_scale != 1.0 and num_classes <= 0 and not source_conditioned:
+    raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model: pass num_classes (> 0) so "
+                     "the null class id is known, or source_conditioned=True, or set guidance_scale=1")

@@ -48,10 +48,7 @@ def make_x0_estimator(denoise_fn: DenoiseFn, cs: ct.ContinuousSchedule, *, objec
   param_lib.check_objective(objective)
   if time_input not in ct.TIME_INPUTS:
     raise ValueError(f"unknown time_input {time_input!r}; choose one of {ct.TIME_INPUTS}")
-  guided = guidance_scale != 1.0
-  if guided and num_classes <= 0 and not source_conditioned:
-    raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model: pass num_classes (> 0) so "
-                     "the null class id is known, or source_conditioned=True, or set guidance_scale=1")
+  condition.check_guidance(guidance_scale, num_classes, source_conditioned)
   if clip_x0 is not None and clip_x0 <= 0:
     raise ValueError(f"clip_x0 must be positive or None, got {clip_x0}")
 

@@ -32,6 +32,7 @@ from ldlg.methods.gaussian import condition
 from ldlg.methods.gaussian import parameterization as param_lib
 from ldlg.methods.gaussian.noise import batch_normal
 from ldlg.methods.gaussian.denoise_fn import DenoiseFn
+from ldlg.methods.gaussian.estimator import check_sample_args
 from ldlg.methods.gaussian.schedules import Schedule
 
 SAMPLERS = ("ddim", "ddpm")
@@ -168,10 +169,7 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
   if traj_steps.size and (traj_steps.min() < 0 or traj_steps.max() >= num_steps):
     raise ValueError(f"return_trajectory_at must hold step indices in [0, num_steps={num_steps}), got "
                      f"{tuple(return_trajectory_at)}")
-  guided = guidance_scale != 1.0
-  if guided and num_classes <= 0 and not source_conditioned:
-    raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model: pass num_classes (> 0) so "
-                     "the null class id is known, or source_conditioned=True, or set guidance_scale=1")
+  condition.check_guidance(guidance_scale, num_classes, source_conditioned)
   if clip_x0 is not None and clip_x0 <= 0:
     raise ValueError(f"clip_x0 must be positive or None, got {clip_x0}")
   f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
@@ -195,12 +193,7 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
 
   @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
   def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None):
-    if latent_dim is None:
-      raise ValueError("sample() needs latent_dim (the width D of the latents, e.g. config.model.latent_dim)")
-    if mask.ndim != 2 or mask.dtype != jnp.bool_:
-      raise ValueError(f"mask must be bool [B, L] (True = valid), got {mask.dtype} {mask.shape}; "
-                       "build it with mask_from_lengths")
-    cond = condition.check(cond, mask.shape[0])
+    cond = check_sample_args(mask, cond, latent_dim, global_batch)
     shape = mask.shape + (latent_dim,)
     valid = mask[..., None]
     k_init, k_steps, k_net = jax.random.split(rng, 3)

@@ -139,10 +139,10 @@ def likelihood_metrics(config: ml_collections.ConfigDict, workdir: Workdir, data
   class_id = batch["label"] if method.num_classes > 0 and "label" in batch else None
   kw = dict(objective=config.diffusion.objective, self_condition=config.diffusion.self_condition_prob > 0)
   rng = jax.random.PRNGKey(config.seed)
+  rtol, atol = (float(config.eval.get(f"likelihood_{k}", 1e-5)) for k in ("rtol", "atol"))
   ode = jax.jit(lambda p, r, x, m, c: likelihood.ode_nll(method.denoise_fn, method.schedule, p, r, x, m, c,
                                                          num_probes=int(config.eval.get("likelihood_probes", 1)),
-                                                         rtol=float(config.eval.get("likelihood_rtol", 1e-5)),
-                                                         atol=float(config.eval.get("likelihood_atol", 1e-5)),
+                                                         rtol=rtol, atol=atol,
                                                          **kw))
   vlb = jax.jit(lambda p, r, x, m, c: likelihood.vlb_nll(method.denoise_fn, method.schedule, p, r, x, m, c,
                                                          num_terms=int(config.eval.get("vlb_terms", 50)), **kw))
@@ -154,8 +154,7 @@ def likelihood_metrics(config: ml_collections.ConfigDict, workdir: Workdir, data
             "ode_nll_per_token": float(np.mean(out_ode["nll_per_token"])),
             "ode_nll_per_dim_raw_latents": float(np.mean(out_ode["nll_per_dim"])) + log_std,
             "ode_mean_nfe": float(np.mean(out_ode["nfe"])),
-            "ode_rtol": float(config.eval.get("likelihood_rtol", 1e-5)),
-            "ode_atol": float(config.eval.get("likelihood_atol", 1e-5)),
+            "ode_rtol": rtol, "ode_atol": atol,
             "vlb_per_dim": float(np.mean(out_vlb["vlb_per_dim"])),
             "vlb_per_token": float(np.mean(out_vlb["vlb_per_token"]))}
   logging.info("Latent likelihood: %s", result)
