@@ -12,7 +12,8 @@ from configs import default
 
 def get_config(arg: str | None = None):
   """arg: None (LD4LG), "ar" (the autoregressive baseline), "mdlm" (masked diffusion), "diffuseq" (seq2seq on
-  E2E's meaning representations) or "ar_seq2seq" (the BART seq2seq baseline), each tiny."""
+  E2E's meaning representations), "ar_seq2seq" (the BART seq2seq baseline) or "ld4lg_seq2seq" (sequence-to-sequence
+  LD4LG), each tiny."""
   config = _ld4lg()
   if arg == "ar":
     default.make_autoregressive_cpu(config)
@@ -31,13 +32,15 @@ def get_config(arg: str | None = None):
   elif arg == "ar_seq2seq":
     default.make_bart_seq2seq(config)
     config.data.max_source_length = 48
+  elif arg == "ld4lg_seq2seq":
+    default.make_ld4lg_seq2seq(config)
   elif arg:
-    raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar', 'mdlm', 'diffuseq' or "
-                     "'ar_seq2seq'")
+    raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar', 'mdlm', 'diffuseq', "
+                     "'ar_seq2seq' or 'ld4lg_seq2seq'")
   if arg:
     config.optim.update(lr=1e-3, warmup_steps=5)
     config.train.update(num_steps=20, batch_size=8, log_every=5, ckpt_every=10, keep_checkpoints=2)
-    if arg == "diffuseq":  # 4 validation MRs x 3 candidates.
+    if arg in ("diffuseq", "ld4lg_seq2seq"):  # 4 validation MRs x 3 candidates.
       config.sample.update(num_sources=4, num_candidates=3, batch_size=6, num_steps=10)
     elif arg == "ar_seq2seq":  # 4 validation MRs, one beam-search output each.
       config.sample.update(num_sources=4, batch_size=2)

@@ -31,9 +31,9 @@ import ml_collections
 _MISSING = object()
 
 # Values of `config.method` for which the Gaussian latent diffusion (LD4LG) choices are checked.
-GAUSSIAN_METHODS = ("ld4lg", "gaussian")
+GAUSSIAN_METHODS = ("ld4lg", "gaussian", "ld4lg_seq2seq")
 # Methods that read (source, target) pairs.
-SEQ2SEQ_METHODS = ("diffuseq", "bart_seq2seq")
+SEQ2SEQ_METHODS = ("diffuseq", "bart_seq2seq", "ld4lg_seq2seq")
 # Compute dtypes of the denoiser (ldlg/networks/denoiser.py) and of the frozen BART (any jnp dtype name).
 DENOISER_DTYPES = ("float32", "bfloat16")
 AUTOENCODER_DTYPES = ("float32", "bfloat16", "float16")

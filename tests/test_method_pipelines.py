@@ -69,3 +69,24 @@ def test_tiny_diffuseq_pipeline_writes_candidates_per_source_and_the_seq2seq_tab
   caplog.set_level("INFO")
   pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
   assert all(f"Stage {s.name}: already done" in caplog.text for s in methods.stages(config))
+
+
+@pytest.mark.slow
+def test_tiny_ld4lg_seq2seq_pipeline_conditions_on_each_source(tmp_path, data_dir, caplog):
+  from ldlg.codecs.bart import sources as sources_lib
+  config = tiny.get_config("ld4lg_seq2seq")
+  wd = Workdir(tmp_path / "wd")
+  pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
+  # The training split's distinct sources were encoded once each, for the latents there are now.
+  assert sources_lib.sources_done(wd, config.data.train_split)
+  records = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
+  k, n = config.sample.num_candidates, config.sample.num_sources
+  assert [(r["source_index"], r["candidate"]) for r in records] == [(s, c) for s in range(n) for c in range(k)]
+  assert len({r["source"] for r in records}) == n
+  assert records[0]["guidance_scale"] == 2.0 and records[0]["checkpoint_step"] == config.train.num_steps
+  metrics = json.loads(wd.metrics_json.read_text())
+  assert {"first", "mbr"} <= set(metrics["seq2seq"]) and metrics["num_candidates"] == k
+  assert metrics["seq2seq"]["first"]["num_sources"] == n
+  caplog.set_level("INFO")
+  pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
+  assert all(f"Stage {s.name}: already done" in caplog.text for s in methods.stages(config))

@@ -15,6 +15,7 @@ MODULES = {
     "diffuseq": "ldlg.methods.seq2seq.method",
     "masked": "ldlg.methods.masked.method",
     "bart_seq2seq": "ldlg.methods.bart_seq2seq.method",
+    "ld4lg_seq2seq": "ldlg.methods.gaussian.seq2seq_method",
 }
 
 

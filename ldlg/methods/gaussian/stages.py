@@ -19,7 +19,6 @@ from ldlg.engine import train_stage
 from ldlg.engine import trainer
 from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
-from ldlg.methods.gaussian.method import GaussianDiffusion
 
 
 def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=None):
@@ -33,7 +32,12 @@ def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=No
     raise ValueError(
         f"config.train.batch_size={config.train.batch_size} is not divisible by the {num_global} devices; "
         f"use a multiple of {num_global}.")
-  method = GaussianDiffusion.from_config(config)
+  from ldlg import methods  # pylint: disable=import-outside-toplevel
+  method = methods.get(config).from_config(config)
+  sources = None
+  if method.source_conditioned:  # Sequence-to-sequence LD4LG: each example's source encoding rides along.
+    from ldlg.codecs.bart import sources as sources_lib  # pylint: disable=import-outside-toplevel
+    sources = sources_lib.SourceLookup(workdir, config.data.train_split, store.stats_path)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   meta = {"config": config.to_dict(), "method": method.name, **bart_codec.sampling_meta(store)}
 
@@ -43,10 +47,11 @@ def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=No
                        f"({saved.get('latents')}) than {store.path} ({meta['latents']}); use a new workdir")
 
   def batches(start_step: int):
-    return store.batches(
+    latents = store.batches(
         config.train.batch_size, num_local_devices=len(devices), seed=config.seed, start_step=start_step,
         length_bucketed=config.data.length_bucketed, process_index=jax.process_index(),
         process_count=jax.process_count())
+    return latents if sources is None else sources.attach(latents)
 
   job = trainer.TrainJob(init_params=method.init_params, loss_fn=method.loss_fn, batches=batches,
                          optim=config.optim, init_rng=init_rng, rng=train_rng,

@@ -101,9 +101,11 @@ class TextSampler:
       return sample_fn(params, rng, inputs["mask"], inputs.get("class_id"), example_offset=example_offset,
                        global_batch=global_batch)
 
-    self._runner = sample_runner.SampleRunner(device_fn, self._make_inputs, self._decode)
+    self._runner = sample_runner.SampleRunner(device_fn, self.make_inputs, self.decode_latents)
 
-  def _make_inputs(self, rng_np: np.random.Generator, batch_size: int, class_ids):
+  def make_inputs(self, rng_np: np.random.Generator, batch_size: int, class_ids):
+    """The runner's inputs for one batch: "mask" [G, max_len] from lengths drawn from the training histogram, and
+    "class_id" [G] when class_ids is given; with the per-row record fields (length, class_id)."""
     max_len = self.config.model.max_len
     lengths = rng_np.choice(len(self.length_probs), size=batch_size, p=self.length_probs)
     lengths = np.clip(lengths, 1, max_len)
@@ -115,7 +117,8 @@ class TextSampler:
         f["class_id"] = int(c)
     return inputs, fields
 
-  def _decode(self, x0, inputs) -> list[str]:
+  def decode_latents(self, x0, inputs) -> list[str]:
+    """x0 [G, L, d] normalized latents (the sampler's output) -> G texts, decoded at inputs["mask"]."""
     latents = np.asarray(x0, np.float32) * self.std + self.mean  # Un-normalize before decoding.
     return self.codec.decode(latents, inputs["mask"])
 
@@ -150,10 +153,10 @@ class TextSampler:
     sample_fn = self.method.make_sampler(self.config.sample, return_trajectory_at=steps)
     rng_np = np.random.default_rng(seed)
     class_ids = sample_runner.resolve_class_ids(self.method.num_classes, num_samples, class_id)
-    inputs, _ = self._make_inputs(rng_np, num_samples, class_ids)
+    inputs, _ = self.make_inputs(rng_np, num_samples, class_ids)
     x0, traj = sample_fn(params, jax.random.PRNGKey(seed), jnp.asarray(inputs["mask"]),
                          None if class_ids is None else jnp.asarray(class_ids))
-    texts = [self._decode(np.asarray(x), inputs) for x in np.asarray(traj)]
+    texts = [self.decode_latents(np.asarray(x), inputs) for x in np.asarray(traj)]
     tokenize = lambda s: self.codec.autoencoder.tokenizer(s, add_special_tokens=False)["input_ids"]
     changed = []
     for before, after in zip(texts[:-1], texts[1:]):
@@ -163,7 +166,7 @@ class TextSampler:
         width = max(len(ta), len(tb))
         row.append(sum(x != y for x, y in zip(ta + [-1] * (width - len(ta)), tb + [-1] * (width - len(tb)))))
       changed.append(row)
-    return {"steps": steps, "texts": texts, "final": self._decode(np.asarray(x0), inputs), "tokens_changed": changed}
+    return {"steps": steps, "texts": texts, "final": self.decode_latents(np.asarray(x0), inputs), "tokens_changed": changed}
 
   def sample(self, params, *, num_samples: int, seed: int, class_id: int | None = None,
              batch_size: int | None = None, progress: bool = False, **resume) -> list[dict]:

@@ -1,0 +1,112 @@
+"""The pipeline stages of sequence-to-sequence LD4LG on a seq2seq dataset (E2E: meaning representation -> text).
+
+  pretrain_autoencoder  <workdir>/autoencoder/ (the LD4LG stage: the project's small BART offline)
+  precompute            <workdir>/latents/<split>/ (the targets' latents, as LD4LG) and <workdir>/sources/train/
+                        (the distinct training sources' encoder states; `ldlg/codecs/bart/sources.py`)
+  train                 the Gaussian method's train stage; its batches carry each example's source encoding
+  sample                <workdir>/samples.jsonl: `config.sample.num_candidates` candidates for each of the first
+                        `config.sample.num_sources` distinct eval sources, one record per candidate
+                        {"source_index", "candidate", "source", "text", "length", ...}, sample index
+                        i = source_index * num_candidates + candidate (DiffuSeq's layout); the eval sources are
+                        encoded here, exactly as the stored ones (`sources.encode_sources`)
+  evaluate              <workdir>/metrics.json: the seq2seq table (`ldlg.evaluation.seq2seq_stage`), first candidate
+                        and MBR choice
+
+Each candidate's length is drawn from the training targets' length histogram, as unconditional LD4LG samples
+(the paper's later version does the same); guidance contrasts the source with the null source.
+"""
+from __future__ import annotations
+
+import json
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from ldlg.codecs.bart import codec as bart_codec
+from ldlg.codecs.bart import sources as sources_lib
+from ldlg.codecs.bart import stages as bart_stages
+from ldlg.engine import provenance
+from ldlg.engine import sample_runner
+from ldlg.engine import signals
+from ldlg.engine import train_stage
+from ldlg.engine.stage import Stage
+from ldlg.engine.workdir import Workdir
+from ldlg.methods.gaussian import stages as gaussian_stages
+
+
+def precompute(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> None:
+  """The targets' latents (both splits, as LD4LG), then the training split's distinct sources."""
+  if not bart_stages.precompute_done(config, workdir, data_dir):
+    bart_stages.precompute(config, workdir, data_dir)
+  split = config.data.train_split
+  store = bart_codec.open_latent_store(config, workdir, split)
+  autoencoder = bart_codec.load_autoencoder(config, workdir)
+  with signals.RaiseOnSignal("the source precompute"):
+    rows = sources_lib.precompute_sources(autoencoder, store, workdir, split, dtype=config.data.latent_dtype,
+                                          shard_size=config.data.shard_size,
+                                          batch_size=config.data.encode_batch_size)
+  logging.info("Sources for %s: %d distinct for %d examples, up to %d positions.", split, rows["num_sources"],
+               len(rows["example_rows"]), rows["max_length"])
+
+
+def precompute_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -> bool:
+  return (bart_stages.precompute_done(config, workdir, data_dir)
+          and sources_lib.sources_done(workdir, config.data.train_split))
+
+
+def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> list[dict]:
+  """`num_candidates` candidates per eval source, through the engine's sample runner (sharded over the local
+  devices; progress kept in `samples.partial.jsonl`, so an interrupted run resumes after its last batch)."""
+  from ldlg.methods.gaussian.text_sampler import TextSampler  # pylint: disable=import-outside-toplevel
+  from ldlg.methods.seq2seq.stages import eval_sources  # pylint: disable=import-outside-toplevel
+  sc = config.sample
+  sampler = TextSampler.from_workdir(config, workdir, step=sc.checkpoint_step)
+  params = sampler.load_params(sampler.checkpoint_step)
+  sources = [s for s, _ in eval_sources(config, workdir, data_dir)]
+  encoded = sources_lib.encode_sources(sampler.codec.autoencoder, sources, mean=sampler.mean, std=sampler.std,
+                                       dtype=config.data.latent_dtype)
+  num_candidates = int(sc.num_candidates)
+  num_samples = len(sources) * num_candidates
+  sample_fn = sampler.method.make_sampler(sc)
+
+  def device_fn(params, rng, inputs, example_offset, global_batch):
+    cond = {"source": inputs["source"], "source_mask": inputs["source_mask"]}
+    return sample_fn(params, rng, inputs["mask"], cond, example_offset=example_offset, global_batch=global_batch)
+
+  def make_inputs(rng_np, batch_size, sample_index):
+    inputs, fields = sampler.make_inputs(rng_np, batch_size, None)  # Lengths from the training histogram.
+    source_index = sample_index // num_candidates
+    inputs.update(source=encoded["source"][source_index], source_mask=encoded["source_mask"][source_index])
+    return inputs, fields
+
+  runner = sample_runner.SampleRunner(device_fn, make_inputs, sampler.decode_latents)
+  origin = provenance.sample_provenance(config, sampler.checkpoint_step)
+  partial = workdir.root / "samples.partial.jsonl"
+  # No re-draws: an empty output is the model's answer for that source and is scored as such (as DiffuSeq's).
+  records = runner.sample(params, num_samples=num_samples, seed=sc.seed, batch_size=sc.batch_size,
+                          conditions=np.arange(num_samples, dtype=np.int32), max_redraws=0, progress=True,
+                          partial_path=partial, partial_key=json.dumps(origin, sort_keys=True))
+  for record in records:
+    source_index, candidate = divmod(record["index"], num_candidates)
+    record.update(source_index=source_index, candidate=candidate, source=sources[source_index])
+  per_row = runner.seconds_per_row(int(sc.batch_size))
+  seconds_per_source = per_row * num_candidates if per_row is not None else None
+  settings = {"sampler": sc.sampler, "num_steps": sc.num_steps, "eta": sc.eta, "guidance_scale": sc.guidance_scale,
+              "num_beams": config.autoencoder.num_beams, "num_candidates": num_candidates,
+              "seconds_per_source": seconds_per_source, **origin}
+  sample_runner.write_samples(records, workdir.samples_file, settings)
+  partial.unlink(missing_ok=True)
+  logging.info("Wrote %d candidates for %d sources to %s (%.3g s per source with %d candidates).", len(records),
+               len(sources), workdir.samples_file, seconds_per_source or float("nan"), num_candidates)
+  return records
+
+
+PRECOMPUTE = Stage("precompute", precompute, precompute_done)
+
+
+def stages() -> tuple[Stage, ...]:
+  from ldlg.evaluation.seq2seq_stage import EVALUATE_SEQ2SEQ  # pylint: disable=import-outside-toplevel
+  return (bart_stages.PRETRAIN, PRECOMPUTE,
+          Stage("train", gaussian_stages.train, train_stage.train_done, single_host=False),
+          Stage("sample", sample, gaussian_stages.sample_done), EVALUATE_SEQ2SEQ)
