@@ -325,3 +325,15 @@ def test_the_denoiser_reads_the_source_through_attention():
   (row,) = denoiser_by_noise(method, params, pairs, [T - 1], max_len=8, pad_id=PAD)
   assert row["text_accuracy"] == 1.0
   assert row["text_accuracy_other_source"] == pytest.approx(1 / 3) and row["source_reliance"] == pytest.approx(2 / 3)
+
+
+def test_the_memorise_benchmark_records_its_curve_on_framed_pairs():
+  from ldlg.benchmarks.diffuseq_memorise import memorise
+  from ldlg.data.testing import make_word_tokenizer
+  sources, targets = ["name : Aromi | food : Thai", "name : Zizzi | area : riverside"], ["Aromi is Thai .", "Zizzi ."]
+  curve = memorise(sources, targets, make_word_tokenizer(sources + targets), dim=16, num_layers=1, num_heads=2,
+                   embed_dim=8, dropout=0.0, lr=1e-2, num_steps=4, eval_every=2, num_timesteps=50, max_len=24,
+                   max_source_len=12, freeze_embedding=True, seed=0)
+  assert [r["step"] for r in curve] == [0, 2, 4]
+  assert all(0.0 <= r["region_accuracy"] <= 1.0 and 0.0 <= r["text_accuracy"] <= 1.0 for r in curve)
+  assert curve[-1]["mse"] < curve[0]["mse"]  # It trains.

@@ -69,6 +69,9 @@ def test_batches_carry_their_sources_and_new_targets_invalidate_them(pairs_run, 
   manifest["data_sha256"] = "other"
   (wd.latents_dir("train") / "manifest.json").write_text(json.dumps(manifest))
   assert not sources_lib.sources_done(wd, "train")
+  # ... and the precompute then makes them again for the targets there are now.
+  _precompute(wd, ae, ls.LatentStore(wd.latents_dir("train")))
+  assert sources_lib.sources_done(wd, "train")
 
 
 def test_missing_sources_and_bad_source_texts_are_refused_with_the_fix(pairs_run, tmp_path):

@@ -20,6 +20,7 @@ seen in training gets bit-identical states at sampling.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -52,7 +53,8 @@ def precompute_sources(autoencoder: Any, target_store: ls.LatentStore, workdir: 
                        dtype: str, shard_size: int, batch_size: int) -> dict:
   """Encodes the distinct sources of a target latent store and maps each target example to its source row.
 
-  Resumable like the latent precompute (shards are kept); `rows.json` is written last and marks it done.
+  Resumable like the latent precompute (shards are kept); `rows.json` is written last and marks it done. Sources
+  made for other target latents (rows.json names the targets' data_sha256) are deleted and made again.
 
   Returns:
     The rows.json content.
@@ -64,6 +66,9 @@ def precompute_sources(autoencoder: Any, target_store: ls.LatentStore, workdir: 
   per_example = _target_sources(target_store)
   distinct = list(dict.fromkeys(per_example))
   out_root = workdir.root / SOURCES_DIR
+  rows_file = out_root / split / ROWS_FILE
+  if rows_file.exists() and json.loads(rows_file.read_text())["targets"] != target_store.manifest["data_sha256"]:
+    shutil.rmtree(out_root / split)  # Made for other target latents (the data changed): start over.
   manifest = precompute_lib.precompute_latents(
       autoencoder, [{"text": s} for s in distinct], out_root, split=split, dtype=dtype, shard_size=shard_size,
       batch_size=batch_size, compute_stats=False)
@@ -78,7 +83,7 @@ def precompute_sources(autoencoder: Any, target_store: ls.LatentStore, workdir: 
                      "the data")
   result = {"example_rows": rows.astype(int).tolist(), "targets": target_store.manifest["data_sha256"],
             "num_sources": store.num_examples, "max_length": int(store.lengths.max())}
-  ls.write_json_atomic(out_root / split / ROWS_FILE, result)
+  ls.write_json_atomic(rows_file, result)
   del manifest
   return result
 
