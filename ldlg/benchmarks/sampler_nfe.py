@@ -178,7 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
       row = json.loads(line)
       done[row["key"]] = row
   # One batch of lengths for every point's timing, drawn as the sampler draws them.
-  timing_mask = base._make_inputs(np.random.default_rng(seed), config.sample.batch_size, None)[0]["mask"]
+  timing_mask = base.make_inputs(np.random.default_rng(seed), config.sample.batch_size, None)[0]["mask"]
   rows = []
   for i, point in enumerate(points):
     key = _settings_key(point, settings)
