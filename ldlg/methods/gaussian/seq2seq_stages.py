@@ -13,7 +13,7 @@
                         and MBR choice
 
 Each candidate's length is drawn from the training targets' length histogram, as unconditional LD4LG samples
-(the paper's later version does the same); guidance contrasts the source with the null source.
+(not from the source: a length predictor is not built); guidance contrasts the source with the null source.
 """
 from __future__ import annotations
 
