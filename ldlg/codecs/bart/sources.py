@@ -69,14 +69,15 @@ def precompute_sources(autoencoder: Any, target_store: ls.LatentStore, workdir: 
   rows_file = out_root / split / ROWS_FILE
   if rows_file.exists() and json.loads(rows_file.read_text())["targets"] != target_store.manifest["data_sha256"]:
     shutil.rmtree(out_root / split)  # Made for other target latents (the data changed): start over.
-  manifest = precompute_lib.precompute_latents(
+  precompute_lib.precompute_latents(
       autoencoder, [{"text": s} for s in distinct], out_root, split=split, dtype=dtype, shard_size=shard_size,
       batch_size=batch_size, compute_stats=False)
   store = ls.LatentStore(out_root / split, stats_path=None)
   # source_index: the input record each stored row came from (rows whose text cleaned to nothing are absent).
   row_of_distinct = np.full((len(distinct),), -1, np.int64)
   row_of_distinct[store.source_index] = np.arange(store.num_examples)
-  rows = row_of_distinct[[{s: i for i, s in enumerate(distinct)}[s] for s in per_example]]
+  distinct_index = {s: i for i, s in enumerate(distinct)}
+  rows = row_of_distinct[[distinct_index[s] for s in per_example]]
   if (rows < 0).any():
     bad = per_example[int(np.argmax(rows < 0))]
     raise ValueError(f"the source {bad!r} of split {split!r} has no text after cleaning; drop such pairs from "
@@ -84,7 +85,6 @@ def precompute_sources(autoencoder: Any, target_store: ls.LatentStore, workdir: 
   result = {"example_rows": rows.astype(int).tolist(), "targets": target_store.manifest["data_sha256"],
             "num_sources": store.num_examples, "max_length": int(store.lengths.max())}
   ls.write_json_atomic(rows_file, result)
-  del manifest
   return result
 
 

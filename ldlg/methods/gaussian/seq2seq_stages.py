@@ -17,16 +17,13 @@ Each candidate's length is drawn from the training targets' length histogram, as
 """
 from __future__ import annotations
 
-import json
 
 from absl import logging
 import ml_collections
-import numpy as np
 
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import sources as sources_lib
 from ldlg.codecs.bart import stages as bart_stages
-from ldlg.engine import provenance
 from ldlg.engine import sample_runner
 from ldlg.engine import signals
 from ldlg.engine import train_stage
@@ -59,7 +56,7 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   """`num_candidates` candidates per eval source, through the engine's sample runner (sharded over the local
   devices; progress kept in `samples.partial.jsonl`, so an interrupted run resumes after its last batch)."""
   from ldlg.methods.gaussian.text_sampler import TextSampler  # pylint: disable=import-outside-toplevel
-  from ldlg.methods.seq2seq.stages import eval_sources  # pylint: disable=import-outside-toplevel
+  from ldlg.methods.seq2seq.stages import eval_sources, sample_candidates  # pylint: disable=import-outside-toplevel
   sc = config.sample
   sampler = TextSampler.from_workdir(config, workdir, step=sc.checkpoint_step)
   params = sampler.load_params(sampler.checkpoint_step)
@@ -67,7 +64,6 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   encoded = sources_lib.encode_sources(sampler.codec.autoencoder, sources, mean=sampler.mean, std=sampler.std,
                                        dtype=config.data.latent_dtype)
   num_candidates = int(sc.num_candidates)
-  num_samples = len(sources) * num_candidates
   sample_fn = sampler.method.make_sampler(sc)
 
   def device_fn(params, rng, inputs, example_offset, global_batch):
@@ -81,25 +77,9 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
     return inputs, fields
 
   runner = sample_runner.SampleRunner(device_fn, make_inputs, sampler.decode_latents)
-  origin = provenance.sample_provenance(config, sampler.checkpoint_step)
-  partial = workdir.root / "samples.partial.jsonl"
-  # No re-draws: an empty output is the model's answer for that source and is scored as such (as DiffuSeq's).
-  records = runner.sample(params, num_samples=num_samples, seed=sc.seed, batch_size=sc.batch_size,
-                          conditions=np.arange(num_samples, dtype=np.int32), max_redraws=0, progress=True,
-                          partial_path=partial, partial_key=json.dumps(origin, sort_keys=True))
-  for record in records:
-    source_index, candidate = divmod(record["index"], num_candidates)
-    record.update(source_index=source_index, candidate=candidate, source=sources[source_index])
-  per_row = runner.seconds_per_row(int(sc.batch_size))
-  seconds_per_source = per_row * num_candidates if per_row is not None else None
   settings = {"sampler": sc.sampler, "num_steps": sc.num_steps, "eta": sc.eta, "guidance_scale": sc.guidance_scale,
-              "num_beams": config.autoencoder.num_beams, "num_candidates": num_candidates,
-              "seconds_per_source": seconds_per_source, **origin}
-  sample_runner.write_samples(records, workdir.samples_file, settings)
-  partial.unlink(missing_ok=True)
-  logging.info("Wrote %d candidates for %d sources to %s (%.3g s per source with %d candidates).", len(records),
-               len(sources), workdir.samples_file, seconds_per_source or float("nan"), num_candidates)
-  return records
+              "num_beams": config.autoencoder.num_beams}
+  return sample_candidates(runner, params, config, workdir, sources, settings, sampler.checkpoint_step)
 
 
 PRECOMPUTE = Stage("precompute", precompute, precompute_done)

@@ -124,7 +124,6 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   if len(framed) != len(sources):
     raise ValueError(f"{len(sources) - len(framed)} eval sources encode to no tokens; check the eval split")
   num_candidates = int(sc.num_candidates)
-  num_samples = len(sources) * num_candidates
   sample_fn = method.make_sampler(num_steps=int(sc.num_steps), eta=float(sc.eta), clamp=bool(sc.clamp),
                                   rounding=sc.rounding)
   max_len = int(config.model.max_len)
@@ -144,7 +143,21 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
         outputs["tokens"], inputs["source_mask"], outputs["lengths"])]
 
   runner = sample_runner.SampleRunner(device_fn, make_inputs, decode)
-  origin = provenance.sample_provenance(config, meta.get("data_position"))
+  settings = {"sampler": "diffuseq", "num_steps": sc.num_steps, "eta": sc.eta, "clamp": sc.clamp,
+              "rounding": sc.rounding}
+  return sample_candidates(runner, params, config, workdir, sources, settings, meta.get("data_position"))
+
+
+def sample_candidates(runner: sample_runner.SampleRunner, params, config, workdir: Workdir, sources: list[str],
+                      settings: dict, checkpoint_step) -> list[dict]:
+  """Draws `config.sample.num_candidates` candidates per source with `runner` (whose make_inputs reads the source
+  of sample i as i // num_candidates) and writes them as seq2seq records (the module docstring's layout), with
+  `settings`, the sampler's seconds per source (all its candidates) and the provenance. Resumable through
+  `samples.partial.jsonl`. Shared by the seq2seq diffusion methods (DiffuSeq, LD4LG seq2seq)."""
+  sc = config.sample
+  num_candidates = int(sc.num_candidates)
+  num_samples = len(sources) * num_candidates
+  origin = provenance.sample_provenance(config, checkpoint_step)
   partial = workdir.root / "samples.partial.jsonl"
   # No re-draws: an empty output is the model's answer for that source and is scored as such.
   records = runner.sample(params, num_samples=num_samples, seed=sc.seed, batch_size=sc.batch_size,
@@ -153,13 +166,11 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   for record in records:
     source_index, candidate = divmod(record["index"], num_candidates)
     record.update(source_index=source_index, candidate=candidate, source=sources[source_index])
-  # The sampler's own time per source (the network's steps and the rounding, not detokenizing): all its candidates.
+  # The sampler's own time per source (the network's steps and the decoding, not detokenizing): all its candidates.
   per_row = runner.seconds_per_row(int(sc.batch_size))
   seconds_per_source = per_row * num_candidates if per_row is not None else None
-  settings = {"sampler": "diffuseq", "num_steps": sc.num_steps, "eta": sc.eta, "clamp": sc.clamp,
-              "rounding": sc.rounding, "num_candidates": num_candidates, "seconds_per_source": seconds_per_source,
-              **origin}
-  sample_runner.write_samples(records, workdir.samples_file, settings)
+  sample_runner.write_samples(records, workdir.samples_file, {**settings, "num_candidates": num_candidates,
+                                                             "seconds_per_source": seconds_per_source, **origin})
   partial.unlink(missing_ok=True)
   logging.info("Wrote %d candidates for %d sources to %s (%.3g s per source with %d candidates).", len(records),
                len(sources), workdir.samples_file, seconds_per_source or float("nan"), num_candidates)
