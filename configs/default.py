@@ -298,9 +298,10 @@ def make_ld4lg_seq2seq(config: ml_collections.ConfigDict) -> ml_collections.Conf
   The paper's later version: the target's BART latents are diffused as in LD4LG, and the denoiser cross-attends to
   the frozen encoder's states of the source (`model.source_dim` = the latent width), dropped to a learned null
   source with p = 0.1 in training (`diffusion.source_dropout`) so that sampling can use classifier-free guidance
-  (w = 2, as the paper); 5 candidates per source and MBR, scored like DiffuSeq's row. Offline, the project's BART
-  also pretrains on the distinct sources (`autoencoder.include_source`), so its frozen encoder has read the
-  meaning-representation format before it encodes it. Same budget as the other seq2seq rows (the `:cpu` run's
+  (w = 2, as the paper); 5 candidates per source, each at a length drawn given its source's length, and MBR,
+  scored like DiffuSeq's row. Offline, the project's BART also pretrains on the distinct sources
+  (`autoencoder.include_source`), so its frozen encoder has read the meaning-representation format before it
+  encodes it. Same budget as the other seq2seq rows (the `:cpu` run's
   3,000 steps at batch 64).
   """
   config.method = "ld4lg_seq2seq"
@@ -308,7 +309,10 @@ def make_ld4lg_seq2seq(config: ml_collections.ConfigDict) -> ml_collections.Conf
   config.model.source_dim = config.autoencoder.get_ref("d_model")
   config.diffusion.source_dropout = 0.1
   config.train.sample_every = 0  # The periodic text samples are unconditional draws: not what this run makes.
-  config.sample.update(num_sources=100, num_candidates=5, batch_size=50, guidance_scale=2.0)
+  # Each candidate's length is drawn given its source's length (ldlg/data/conditional_lengths.py), not from all
+  # targets' lengths: on E2E the source length explains half the target length's variance.
+  config.sample.update(num_sources=100, num_candidates=5, batch_size=50, guidance_scale=2.0, length_from="source",
+                       length_min_count=100)
   return config
 
 
@@ -383,8 +387,8 @@ def make_later_version(config: ml_collections.ConfigDict) -> ml_collections.Conf
     num_layers // 2), head width 64, exact GELU, dropout 0.1;
   - EMA 0.9999 (already the default).
   Differences that remain: HEAD's continuous-time cosine schedule (log-SNR clamped to ±15) is the discrete
-  Nichol–Dhariwal cosine here, and its learned compression network (ldlg/codecs/compression) is not yet a
-  pipeline stage, so this variant diffuses the [L, d] BART latents rather than 32 × 64 compressed ones.
+  Nichol–Dhariwal cosine here, and this variant diffuses the [L, d] BART latents; `:cpu_later_compressed` adds
+  the learned compression network (ldlg/codecs/compression) and diffuses its 32 × 64 latents, as HEAD does.
   Use: `--config=configs/sst.py:cpu_later` (or `:later` at paper size).
   """
   config.diffusion.update(schedule="cosine", objective="v", loss_type="l2")
@@ -394,6 +398,26 @@ def make_later_version(config: ml_collections.ConfigDict) -> ml_collections.Conf
   config.model.update(time_input="alpha_bar", self_cond_mode="concat", unet_skips=True,
                       unet_skip_count=min(3, config.model.num_layers // 2), head_dim=config.model.dim // heads,
                       gelu_approximate=False, dropout=0.1)
+  return config
+
+
+def make_compressed(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """LD4LG on the paper's later-version latents (`ldlg/codecs/compression`): the frozen BART encoder's states go
+  through a learned Perceiver resampler to a fixed N × w latent (32 × 64, l2-normalized to sqrt(w)), trained as an
+  autoencoder through the frozen BART decoder with noise added to the latents (the `train_compression` stage,
+  between pretrain_autoencoder and precompute). The denoiser reads N positions of width w with no padding, so
+  sampling draws no length. On a `cpu` sizing the network is 2 layers of width 128, trained 2,000 steps.
+  """
+  from ldlg.codecs.compression.train import default_compression_config  # pylint: disable=import-outside-toplevel
+  config.codec = "bart_compressed"
+  config.compression = default_compression_config()
+  if config.autoencoder.pretrain:  # The project's own small BART: the cpu sizings.
+    config.compression.update(width=128, num_layers=2, num_heads=4, num_steps=2000, checkpoint_every=250)
+  # Deleted first: the sizings link both fields to the BART's (d_model, data.max_length), and assigning over a
+  # linked field would set the linked value itself (BART would then read 32 tokens).
+  for field, source in (("latent_dim", "latent_width"), ("max_len", "num_latents")):
+    del config.model[field]
+    config.model[field] = config.compression.get_ref(source)
   return config
 
 
@@ -408,6 +432,9 @@ VARIANTS = {
     "cpu_official_v1": lambda config: make_official_v1(make_cpu_sized(config)),
     "later": make_later_version,
     "cpu_later": lambda config: make_later_version(make_cpu_sized(config)),
+    "compressed": make_compressed,
+    "cpu_compressed": lambda config: make_compressed(make_cpu_sized(config)),
+    "cpu_later_compressed": lambda config: make_compressed(make_later_version(make_cpu_sized(config))),
 }
 
 
@@ -415,7 +442,8 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None, name: str)
   """The dataset configs' variants: none (paper), `cpu` (offline LD4LG), `ar_cpu` (offline GPT-2 baseline),
   `mdlm_cpu` (offline masked diffusion), `diffuseq_cpu` / `ar_seq2seq_cpu` / `ld4lg_seq2seq_cpu` (offline
   DiffuSeq / BART seq2seq baseline / sequence-to-sequence LD4LG; seq2seq datasets only), `official_v1` / `later` (the official code's first-version recipe / the
-  paper's later version, paper size), and `cpu_official_v1` / `cpu_later` (the same on the `cpu` sizing)."""
+  paper's later version, paper size), `cpu_official_v1` / `cpu_later` (the same on the `cpu` sizing), and `compressed` /
+  `cpu_compressed` / `cpu_later_compressed` (LD4LG, or the later version, on the compression network's latents)."""
   if arg in VARIANTS:
     return VARIANTS[arg](config)
   if arg:

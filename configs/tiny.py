@@ -12,8 +12,8 @@ from configs import default
 
 def get_config(arg: str | None = None):
   """arg: None (LD4LG), "ar" (the autoregressive baseline), "mdlm" (masked diffusion), "diffuseq" (seq2seq on
-  E2E's meaning representations), "ar_seq2seq" (the BART seq2seq baseline) or "ld4lg_seq2seq" (sequence-to-sequence
-  LD4LG), each tiny."""
+  E2E's meaning representations), "ar_seq2seq" (the BART seq2seq baseline), "ld4lg_seq2seq" (sequence-to-sequence
+  LD4LG) or "compressed" (LD4LG on the compression network's latents), each tiny."""
   config = _ld4lg()
   if arg == "ar":
     default.make_autoregressive_cpu(config)
@@ -34,14 +34,20 @@ def get_config(arg: str | None = None):
     config.data.max_source_length = 48
   elif arg == "ld4lg_seq2seq":
     default.make_ld4lg_seq2seq(config)
+  elif arg == "compressed":
+    default.make_compressed(config)
+    config.compression.update(num_latents=8, latent_width=16, width=32, num_layers=1, num_heads=2, batch_size=8,
+                              num_steps=20, warmup_steps=5, lr=1e-3, log_every=5, checkpoint_every=10)
   elif arg:
     raise ValueError(f"unknown variant {arg!r} for configs/tiny.py; use none, 'ar', 'mdlm', 'diffuseq', "
-                     "'ar_seq2seq' or 'ld4lg_seq2seq'")
+                     "'ar_seq2seq', 'ld4lg_seq2seq' or 'compressed'")
   if arg:
     config.optim.update(lr=1e-3, warmup_steps=5)
     config.train.update(num_steps=20, batch_size=8, log_every=5, ckpt_every=10, keep_checkpoints=2)
     if arg in ("diffuseq", "ld4lg_seq2seq"):  # 4 validation MRs x 3 candidates.
       config.sample.update(num_sources=4, num_candidates=3, batch_size=6, num_steps=10)
+      if arg == "ld4lg_seq2seq":
+        config.sample.length_min_count = 20  # A few hundred pairs: rows of 100 would all be the marginal.
     elif arg == "ar_seq2seq":  # 4 validation MRs, one beam-search output each.
       config.sample.update(num_sources=4, batch_size=2)
     else:

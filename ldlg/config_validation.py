@@ -259,6 +259,8 @@ def _autoencoder(c: Checker) -> None:
               f"raise --config.autoencoder.max_position_embeddings to at least {value}, or lower "
               f"--config.data.max_length")
   latent_dim = c.get("model.latent_dim")
+  if c.get("codec") == "bart_compressed":
+    return  # The latents are the compression network's (checked by _codec).
   if d_model is not _MISSING and latent_dim is not _MISSING and latent_dim != d_model:
     c.add("model.latent_dim", latent_dim,
           f"equal to config.autoencoder.d_model={d_model} (the latents are the encoder's hidden states)",
@@ -277,7 +279,8 @@ def _model(c: Checker) -> None:
   if isinstance(dim, int) and isinstance(heads, int) and heads > 0 and dim % heads:
     c.add("model.dim", dim, f"a multiple of config.model.num_heads={heads}")
   max_len, length = c.get("model.max_len"), c.get("data.max_length")
-  if isinstance(max_len, int) and isinstance(length, int) and max_len < length:
+  compressed = c.get("codec") == "bart_compressed"  # Then max_len is the compressed latent's N (_codec checks it).
+  if isinstance(max_len, int) and isinstance(length, int) and max_len < length and not compressed:
     c.add("model.max_len", max_len, f">= config.data.max_length={length} (the longest latent sequence)",
           f"set --config.model.max_len={length}, or link it: "
           f"config.model.max_len = config.data.get_ref('max_length')")
@@ -392,6 +395,8 @@ def _seq2seq(c: Checker) -> None:
   c.count("data.max_source_length", lo=3)
   c.count("sample.num_candidates")
   c.count("sample.num_sources", lo=0)
+  c.choice("sample.length_from", ("source", "histogram"))
+  c.count("sample.length_min_count")
   name = c.get("data.name")
   if isinstance(name, str):
     try:
@@ -405,6 +410,34 @@ def _seq2seq(c: Checker) -> None:
   if method == "bart_seq2seq" and isinstance(source, int) and isinstance(positions, int) and source > positions:
     c.add("data.max_source_length", source, f"<= config.autoencoder.max_position_embeddings={positions} (the "
           "encoder cannot read past its positions)")
+
+
+@register_check
+def _codec(c: Checker) -> None:
+  """`config.codec`: the compressed codec is for LD4LG (its precompute and sampler), with a `compression` section
+  whose latent [num_latents, latent_width] is the denoiser's [max_len, latent_dim]."""
+  from ldlg.codecs import LATENT_CODECS  # pylint: disable=g-import-not-at-top
+  c.choice("codec", LATENT_CODECS)
+  if c.get("codec") != "bart_compressed":
+    return
+  method = c.get("method")
+  if method is not _MISSING and method not in ("ld4lg", "gaussian"):
+    c.add("codec", "bart_compressed", f"'bart_latents' for method {method!r} (compressed latents are for LD4LG)",
+          "drop --config.codec or use an LD4LG config (e.g. configs/sst.py:cpu_compressed)")
+  if not c.has("compression"):
+    c.add("compression", None, "a compression section (ldlg.codecs.compression.train.default_compression_config)",
+          "use a *_compressed variant, which adds it")
+    return
+  for field in ("compression.num_latents", "compression.latent_width", "compression.num_steps",
+                "compression.batch_size"):
+    c.count(field)
+  c.number("compression.train_noise_std", lo=0.0)
+  for model_field, compression_field in (("model.latent_dim", "compression.latent_width"),
+                                         ("model.max_len", "compression.num_latents")):
+    want = c.get(compression_field)
+    if c.get(model_field) != want:
+      c.add(model_field, c.get(model_field), f"{want} (= {compression_field}: the denoiser reads the compressed "
+            "latents)", f"set --config.{model_field}={want}")
 
 
 @register_check

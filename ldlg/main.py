@@ -2,7 +2,8 @@ r"""Entry point for every job. The logic lives in libraries that tests and the C
 
   python -m ldlg.main --config=configs/e2e.py:cpu --workdir=runs/e2e_cpu --mode=pipeline --data_dir=../shared/data
 
-Modes: pretrain_autoencoder, precompute, train, sample, pipeline (every stage not yet done, in order).
+Modes: a method's stages (tokenizer, pretrain_autoencoder, train_compression, precompute, train, sample,
+evaluate: `ldlg.pipeline.STAGES`; each method has some of them) and pipeline (every stage not yet done, in order).
 `--config.x.y=value` overrides config fields. The raw-data folder (holding `<dataset>/...`) comes from
 `--data_dir` or $LDLG_DATA_DIR; with neither, the dataset builders download what is publicly downloadable.
 Multi-host (TPU pod slices): pass --jax_distributed or set LDLG_DISTRIBUTED=1.

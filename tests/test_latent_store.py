@@ -171,3 +171,11 @@ def test_denormalize_inverts_normalize(store):
   normed = ls.normalize_latents(batch["latents"], batch["mask"], mean, std)
   back = np.where(batch["mask"][..., None], ls.denormalize_latents(normed, mean, std), 0)
   np.testing.assert_allclose(back, batch["latents"], rtol=1e-5, atol=1e-5)
+
+
+def test_string_column_reads_every_example_in_order_and_names_the_stored_fields(store):
+  texts = store.string_column("text")
+  assert len(texts) == N
+  assert texts == [store.strings(i)["text"] for i in range(N)]  # Across the store's three shards.
+  with pytest.raises(KeyError, match="no 'source' strings.*'text'"):
+    store.string_column("source")

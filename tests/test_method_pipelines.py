@@ -3,6 +3,7 @@ end to end on the tiny config (tokenizer -> engine trainer -> sample runner -> e
 
 import json
 
+import numpy as np
 import pytest
 
 from configs import tiny
@@ -87,6 +88,16 @@ def test_tiny_ld4lg_seq2seq_pipeline_conditions_on_each_source(tmp_path, data_di
   metrics = json.loads(wd.metrics_json.read_text())
   assert {"first", "mbr"} <= set(metrics["seq2seq"]) and metrics["num_candidates"] == k
   assert metrics["seq2seq"]["first"]["num_sources"] == n
+  # Each candidate's length was drawn from its own source's row of P(target length | source length).
+  from ldlg.codecs.bart import codec as bart_codec
+  from ldlg.methods.gaussian import seq2seq_stages
+  lengths = seq2seq_stages.length_model(config, wd)
+  sources = [records[i * k]["source"] for i in range(n)]
+  _, source_mask = bart_codec.load_autoencoder(config, wd).encode(sources)
+  source_lengths = np.asarray(source_mask).sum(axis=1)
+  assert records[0]["length_from"] == "source"
+  assert all(lengths.row(source_lengths[r["source_index"]])[r["length"]] > 0 for r in records)
+  assert len({tuple(lengths.row(s)) for s in source_lengths}) > 1  # The rows differ: the draw reads the source.
   caplog.set_level("INFO")
   pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
   assert all(f"Stage {s.name}: already done" in caplog.text for s in methods.stages(config))

@@ -192,6 +192,23 @@ class LatentStore:
       self._strings[shard] = _read_json(self.path / self.manifest["shards"][shard]["name"] / "strings.json")
     return {k: v[local] for k, v in self._strings[shard].items()}
 
+  def string_column(self, field: str) -> list[str]:
+    """Every example's stored string `field` ("text", "source", ...), in store order.
+
+    Raises:
+      KeyError: naming the fields this store has, when `field` is not one of them.
+    """
+    stored = self.manifest.get("string_fields", [])
+    if field not in stored:
+      raise KeyError(f"{self.path} stores no {field!r} strings (it has {stored}); precompute from a dataset that "
+                     f"has the field")
+    out: list[str] = []
+    for shard, entry in enumerate(self.manifest["shards"]):
+      if self._strings[shard] is None:
+        self._strings[shard] = _read_json(self.path / entry["name"] / "strings.json")
+      out.extend(self._strings[shard][field])
+    return out
+
   def __getitem__(self, index: int) -> dict[str, Any]:
     """Example `index`: raw (unnormalized) latents [length, d] float32, length, label, text."""
     index = int(index)

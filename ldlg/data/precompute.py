@@ -5,7 +5,8 @@
 
 `autoencoder` is duck-typed: `encode(texts: list[str]) -> (latents float32 [B, L, d], mask bool [B, L])`
 with L <= max_length and each row's mask a prefix of True values, plus attributes `latent_dim`,
-`max_length`, `name` and `tokenizer` (a Hugging Face fast tokenizer). See `ldlg.data.latent_store` for the
+`max_length`, `name` and `tokenizer` (a Hugging Face fast tokenizer), and optionally `max_tokens` (the encoder's
+token limit when it differs from the latent length: a compressing encoder). See `ldlg.data.latent_store` for the
 on-disk layout.
 
 Resumable: each shard is written to a temp folder and renamed into place, with a `shard.json` holding the
@@ -226,7 +227,8 @@ def precompute_latents(
                     f"split's raw file holds text and that config.data names the right dataset and split")
   texts = [r["text"] for r in cleaned]
   token_lens = text_lib.token_lengths(tokenizer, texts)
-  text_lib.count_truncated(stats, token_lens, max_length)
+  # Texts are cut at the encoder's token limit; a compressing encoder's latent (max_length) is shorter than that.
+  text_lib.count_truncated(stats, token_lens, int(getattr(autoencoder, "max_tokens", max_length)))
   logging.info("precompute %s: %s", split, stats.summary())
   has_labels = "label" in cleaned[0]
   string_keys = _string_fields(cleaned)

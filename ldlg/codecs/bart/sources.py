@@ -39,14 +39,11 @@ def sources_dir(workdir: Workdir, split: str) -> Path:
 
 def _target_sources(target_store: ls.LatentStore) -> list[str]:
   """The "source" string of every example of a target latent store, in store order."""
-  if "source" not in target_store.manifest.get("string_fields", []):
+  try:
+    return target_store.string_column("source")
+  except KeyError:
     raise ValueError(f"the latents at {target_store.path} have no 'source' field: sequence-to-sequence LD4LG "
-                     "needs a dataset of (source, target) pairs (E2E, QQP); check config.data.name")
-  out = []
-  for shard in target_store.manifest["shards"]:
-    strings = json.loads((target_store.path / shard["name"] / "strings.json").read_text(encoding="utf-8"))
-    out.extend(strings["source"])
-  return out
+                     "needs a dataset of (source, target) pairs (E2E, QQP); check config.data.name") from None
 
 
 def precompute_sources(autoencoder: Any, target_store: ls.LatentStore, workdir: Workdir, split: str, *,
@@ -120,6 +117,12 @@ class SourceLookup:
   @property
   def latent_dim(self) -> int:
     return self.store.latent_dim
+
+  @property
+  def example_lengths(self) -> np.ndarray:
+    """[N] int32: the number of encoder positions of each target example's source (what `source_mask.sum(-1)`
+    of `encode_sources` gives the same text)."""
+    return self.store.lengths[self.example_rows]
 
   def lookup(self, dataset_index: np.ndarray) -> dict[str, np.ndarray]:
     """dataset_index [...] target example indices -> "source" [..., S, d] float32, "source_mask" [..., S] bool."""

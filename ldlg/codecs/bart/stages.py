@@ -2,13 +2,17 @@
 
 pretrain_autoencoder  <workdir>/autoencoder/: tokenizer + BART (HF format), reconstruction.json marks it done
                       (only when config.autoencoder.pretrain)
-precompute            <workdir>/latents/<split>/: latent shards; manifest.json with "complete": true marks it done
+precompute            <workdir>/latents/<split>/: latent shards; manifest.json with "complete": true marks it done.
+                      With `config.codec = "bart_compressed"` the latents are the compression network's [N, w]
+                      (`ldlg.codecs.compression`, trained by the train_compression stage in between)
 """
 
 import json
+import shutil
 
 from absl import logging
 
+from ldlg.codecs import codec_name
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.data.splits import load_texts
 from ldlg.engine import signals
@@ -46,15 +50,26 @@ def pretrain_done(config, workdir: Workdir, data_dir=None) -> bool:
   return not config.autoencoder.pretrain or (workdir.autoencoder_dir / "reconstruction.json").exists()
 
 
+def latent_encoder(config, workdir: Workdir):
+  """What the precompute encodes with: the frozen BART, or BART and the compression network (config.codec)."""
+  if codec_name(config) == "bart_compressed":
+    from ldlg.codecs.compression import codec as compression_codec  # pylint: disable=import-outside-toplevel
+    compression_codec.check_model_fits(config)
+    return compression_codec.CompressedEncoder(compression_codec.CompressedBartCodec.from_config(config, workdir))
+  return bart_codec.load_autoencoder(config, workdir)
+
+
 def precompute(config, workdir: Workdir, data_dir) -> None:
   from ldlg.data import datasets
-  autoencoder = bart_codec.load_autoencoder(config, workdir)
+  encoder = latent_encoder(config, workdir)
+  if codec_name(config) == "bart_compressed":
+    _drop_latents_of_other_compression(config, workdir, encoder.name)
   spec, _ = datasets.get_spec(config.data.name)
   with signals.RaiseOnSignal("the latent precompute"):  # Shards are written atomically; done ones are kept.
-    _precompute_splits(config, workdir, data_dir, autoencoder, spec)
+    precompute_splits(config, workdir, data_dir, encoder, spec)
 
 
-def _precompute_splits(config, workdir, data_dir, autoencoder, spec) -> None:
+def precompute_splits(config, workdir, data_dir, autoencoder, spec) -> None:
   from ldlg.data import precompute as precompute_lib
   for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
     records = load_texts(config, data_dir, workdir, split)
@@ -83,12 +98,32 @@ def precompute_done(config, workdir: Workdir, data_dir=None) -> bool:
     m = json.loads(manifest.read_text())
     if not m.get("complete"):
       return False
+    if codec_name(config) == "bart_compressed" and not _made_with_current_compression(m, workdir):
+      logging.info("The latents in %s were not made with the compression network there is now: recomputing them.",
+                   manifest.parent)
+      return False
     made_from = (m.get("provenance") or {}).get("fingerprint")
     if fingerprint and made_from and made_from != fingerprint:
       logging.warning("The raw %s data changed since the latents in %s were computed: recomputing them.",
                       config.data.name, manifest.parent)
       return False
   return True
+
+
+def _drop_latents_of_other_compression(config, workdir: Workdir, encoder_name: str) -> None:
+  """Latents encoded through earlier compression weights (the network was retrained) are deleted, not resumed."""
+  for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
+    manifest = workdir.latents_dir(split) / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text())["autoencoder"] != encoder_name:
+      logging.info("Deleting %s: encoded with other compression weights.", manifest.parent)
+      shutil.rmtree(manifest.parent)
+
+
+def _made_with_current_compression(manifest: dict, workdir: Workdir) -> bool:
+  from ldlg.codecs.compression import codec as compression_codec  # pylint: disable=import-outside-toplevel
+  weights = compression_codec.compression_dir(workdir) / compression_codec.WEIGHTS_FILE
+  return weights.exists() and manifest["autoencoder"].endswith(
+      f"+compression:{compression_codec.weights_digest(weights)}")
 
 
 PRETRAIN = Stage("pretrain_autoencoder", pretrain_autoencoder, pretrain_done)

@@ -12,8 +12,10 @@
   evaluate              <workdir>/metrics.json: the seq2seq table (`ldlg.evaluation.seq2seq_stage`), first candidate
                         and MBR choice
 
-Each candidate's length is drawn from the training targets' length histogram, as unconditional LD4LG samples
-(not from the source: a length predictor is not built); guidance contrasts the source with the null source.
+Each candidate's length is drawn given its source (`config.sample.length_from = "source"`, the variant's choice):
+from the training pairs' target lengths at the same source length (`ldlg.data.conditional_lengths`), or, with
+"histogram", from all training targets' lengths as unconditional LD4LG does. Guidance contrasts the source with the
+null source.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import ml_collections
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import sources as sources_lib
 from ldlg.codecs.bart import stages as bart_stages
+from ldlg.data.conditional_lengths import SourceLengthModel
 from ldlg.engine import sample_runner
 from ldlg.engine import signals
 from ldlg.engine import train_stage
@@ -52,6 +55,27 @@ def precompute_done(config: ml_collections.ConfigDict, workdir: Workdir, data_di
           and sources_lib.sources_done(workdir, config.data.train_split))
 
 
+LENGTH_SOURCES = ("source", "histogram")
+
+
+def length_model(config: ml_collections.ConfigDict, workdir: Workdir) -> SourceLengthModel | None:
+  """P(target length | source length) fitted on the train split's stored lengths, or None when
+  `config.sample.length_from` is "histogram" (the checkpoint's marginal length histogram is used)."""
+  length_from = config.sample.get("length_from", "histogram")
+  if length_from not in LENGTH_SOURCES:
+    raise ValueError(f"config.sample.length_from must be one of {LENGTH_SOURCES}, got {length_from!r}")
+  if length_from == "histogram":
+    return None
+  split = config.data.train_split
+  lookup = sources_lib.SourceLookup(workdir, split, stats_path=None)
+  targets = bart_codec.open_latent_store(config, workdir, split)
+  model = SourceLengthModel(lookup.example_lengths, targets.lengths, max_length=int(config.model.max_len),
+                            min_count=int(config.sample.get("length_min_count", 100)))
+  logging.info("Lengths drawn given the source: %d source lengths, pooled over windows up to +-%d.",
+               model.longest_source + 1, int(model.window.max()))
+  return model
+
+
 def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> list[dict]:
   """`num_candidates` candidates per eval source, through the engine's sample runner (sharded over the local
   devices; progress kept in `samples.partial.jsonl`, so an interrupted run resumes after its last batch)."""
@@ -64,6 +88,8 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   encoded = sources_lib.encode_sources(sampler.codec.autoencoder, sources, mean=sampler.mean, std=sampler.std,
                                        dtype=config.data.latent_dtype)
   num_candidates = int(sc.num_candidates)
+  lengths = length_model(config, workdir)
+  source_lengths = encoded["source_mask"].sum(axis=-1)
   sample_fn = sampler.method.make_sampler(sc)
 
   def device_fn(params, rng, inputs, example_offset, global_batch):
@@ -71,14 +97,17 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
     return sample_fn(params, rng, inputs["mask"], cond, example_offset=example_offset, global_batch=global_batch)
 
   def make_inputs(rng_np, batch_size, sample_index):
-    inputs, fields = sampler.make_inputs(rng_np, batch_size, None)  # Lengths from the training histogram.
     source_index = sample_index // num_candidates
+    if lengths is None:
+      inputs, fields = sampler.make_inputs(rng_np, batch_size, None)  # Lengths from the training histogram.
+    else:
+      inputs, fields = sampler.inputs_for_lengths(lengths.sample(rng_np, source_lengths[source_index]))
     inputs.update(source=encoded["source"][source_index], source_mask=encoded["source_mask"][source_index])
     return inputs, fields
 
   runner = sample_runner.SampleRunner(device_fn, make_inputs, sampler.decode_latents)
   settings = {"sampler": sc.sampler, "num_steps": sc.num_steps, "eta": sc.eta, "guidance_scale": sc.guidance_scale,
-              "num_beams": config.autoencoder.num_beams}
+              "num_beams": config.autoencoder.num_beams, "length_from": sc.get("length_from", "histogram")}
   return sample_candidates(runner, params, config, workdir, sources, settings, sampler.checkpoint_step)
 
 

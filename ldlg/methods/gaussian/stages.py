@@ -11,6 +11,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from ldlg import codecs
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import stages as bart_stages
 from ldlg.engine import provenance
@@ -154,7 +155,10 @@ def likelihood_metrics(config: ml_collections.ConfigDict, workdir: Workdir, data
   out_ode = jax.device_get(ode(params, rng, batch["latents"], batch["mask"], class_id))
   out_vlb = jax.device_get(vlb(params, rng, batch["latents"], batch["mask"], class_id))
   log_std = float(np.log(sampler.std))
+  # A "token" is a latent position: a BART token, or one of the compressed latent's N vectors.
+  token = "compressed latent vector" if codecs.codec_name(config) == "bart_compressed" else "BART token"
   result = {"split": config.data.eval_split, "num_examples": n, "units": "nats, normalized latents",
+            "per_token_is": token,
             "ode_nll_per_dim": float(np.mean(out_ode["nll_per_dim"])),
             "ode_nll_per_token": float(np.mean(out_ode["nll_per_token"])),
             "ode_nll_per_dim_raw_latents": float(np.mean(out_ode["nll_per_dim"])) + log_std,
@@ -173,5 +177,6 @@ def sample_done(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=No
 def stages() -> tuple[Stage, ...]:
   """The stages of a Gaussian latent diffusion run, in order."""
   from ldlg.evaluation.stage import EVALUATE
-  return (bart_stages.PRETRAIN, bart_stages.PRECOMPUTE, Stage("train", train, train_stage.train_done, single_host=False),
+  from ldlg.codecs.compression.stages import TRAIN_COMPRESSION  # A no-op unless config.codec = "bart_compressed".
+  return (bart_stages.PRETRAIN, TRAIN_COMPRESSION, bart_stages.PRECOMPUTE, Stage("train", train, train_stage.train_done, single_host=False),
           Stage("sample", sample, sample_done), EVALUATE)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ldlg.codecs.bart import codec as bart_codec
+from ldlg import codecs
 from ldlg.engine import checkpoints
 from ldlg.engine import sample_runner
 from ldlg.engine.workdir import Workdir
@@ -56,7 +56,7 @@ class TextSampler:
     config: the run's config.
     workdir: the run's workdir (checkpoints).
     method: the `GaussianDiffusion` (network, schedule, samplers).
-    codec: the `BartLatentCodec` (decoding with the run's settings).
+    codec: the run's latent codec (`ldlg.codecs.build`; decoding with the run's settings).
     mean: [D] per-channel latent mean; std: one scalar std (as the reference code).
     length_probs: [max_len + 1] empirical P(length); index = number of tokens.
   """
@@ -76,7 +76,7 @@ class TextSampler:
     if hist.sum() <= 0:
       raise ValueError("the checkpoint's length histogram is empty; re-run --mode=precompute and --mode=train")
     method = GaussianDiffusion.from_config(config)
-    codec = codec or bart_codec.BartLatentCodec.from_config(config, workdir)
+    codec = codec or codecs.build(config, workdir)
     if codec.latent_dim != config.model.latent_dim:
       raise ValueError(f"the autoencoder {codec.autoencoder.name} has latent width {codec.latent_dim}, the model "
                        f"expects {config.model.latent_dim}: the checkpoint was trained with another codec")
@@ -106,9 +106,13 @@ class TextSampler:
   def make_inputs(self, rng_np: np.random.Generator, batch_size: int, class_ids):
     """The runner's inputs for one batch: "mask" [G, max_len] from lengths drawn from the training histogram, and
     "class_id" [G] when class_ids is given; with the per-row record fields (length, class_id)."""
-    max_len = self.config.model.max_len
     lengths = rng_np.choice(len(self.length_probs), size=batch_size, p=self.length_probs)
-    lengths = np.clip(lengths, 1, max_len)
+    return self.inputs_for_lengths(lengths, class_ids)
+
+  def inputs_for_lengths(self, lengths: np.ndarray, class_ids=None):
+    """make_inputs at given lengths [G] (clipped to [1, max_len]), e.g. drawn given a source."""
+    max_len = self.config.model.max_len
+    lengths = np.clip(np.asarray(lengths), 1, max_len)
     inputs = {"mask": np.arange(max_len)[None, :] < lengths[:, None]}
     fields = [{"length": int(n)} for n in lengths]
     if class_ids is not None:
