@@ -30,3 +30,10 @@ def test_diagnostics_on_a_tiny_run(tiny_cli_run, tmp_path):
   assert sorted(result["plots"]) == ["decoder_robustness.png", "denoiser_by_noise.png"]
   for name in result["plots"]:
     assert (wd.root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # The decoder's part alone (what a sequence-to-sequence run can have): the same curve, no denoiser pass.
+  alone = diagnostics.run_diagnostics(wd.root, num_examples=6, noise_scales=(0.0, 0.5, 100.0),
+                                      parts=["decoder_robustness"], out_dir=tmp_path / "decoder_only")
+  assert alone["decoder_robustness"] == rob and "denoiser_by_noise" not in alone
+  assert alone["plots"] == ["decoder_robustness.png"] and alone["codec"]["kind"] == "bart_latents"
+  with pytest.raises(ValueError, match="subset of"):
+    diagnostics.run_diagnostics(wd.root, parts=["nope"])

@@ -36,6 +36,7 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian import schedules
 
 NOISE_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+PARTS = ("decoder_robustness", "denoiser_by_noise")
 
 
 def load_run_config(workdir: Workdir) -> ml_collections.ConfigDict:
@@ -128,44 +129,48 @@ def denoiser_by_noise(method, params, codec, batch: dict, texts: Sequence[str], 
 
 
 def _plot(result: dict, out_dir: pathlib.Path) -> list[str]:
-  """PNG plots of both diagnostics; [] when matplotlib is not installed."""
+  """PNG plots of the diagnostics that ran; [] when matplotlib is not installed."""
   plt = plots.pyplot()
   if plt is None:
     return []
   written = []
-  rob = result["decoder_robustness"]
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  sig = [r["noise_std"] for r in rob]
-  ax.plot(sig, [r["exact_match"] for r in rob], "o-", label="exact match")
-  ax.plot(sig, [r["bleu"] / 100 for r in rob], "s-", label="BLEU / 100")
-  ax.set(xlabel="noise std σ (normalized latent units)", ylabel="score", title="Decoder robustness", ylim=(0, 1.05))
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out_dir / "decoder_robustness.png", dpi=120)
-  plt.close(fig)
-  written.append("decoder_robustness.png")
-  den = result["denoiser_by_noise"]
-  fig, ax1 = plt.subplots(figsize=(5, 3.5))
-  ts = [r["t"] for r in den]
-  ax1.plot(ts, [r["x0_mse"] for r in den], "o-", label="x̂0 MSE (no estimate)")
-  ax1.plot(ts, [r["x0_mse_self_cond"] for r in den], "s-", label="x̂0 MSE (self-conditioned)")
-  ax1.set(xlabel="timestep t", ylabel="MSE (normalized units)", title="Denoiser accuracy by noise level")
-  ax2 = ax1.twinx()
-  ax2.plot(ts, [r["exact_match"] for r in den], "^--", color="tab:green", label="decodes exactly")
-  ax2.set(ylabel="share decoding exactly", ylim=(0, 1.05))
-  lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-  ax1.legend(lines, [l.get_label() for l in lines], fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out_dir / "denoiser_by_noise.png", dpi=120)
-  plt.close(fig)
-  written.append("denoiser_by_noise.png")
+  if "decoder_robustness" in result:
+    rob = result["decoder_robustness"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sig = [r["noise_std"] for r in rob]
+    ax.plot(sig, [r["exact_match"] for r in rob], "o-", label="exact match")
+    ax.plot(sig, [r["bleu"] / 100 for r in rob], "s-", label="BLEU / 100")
+    ax.set(xlabel="noise std σ (normalized latent units)", ylabel="score", title="Decoder robustness",
+           ylim=(0, 1.05))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "decoder_robustness.png", dpi=120)
+    plt.close(fig)
+    written.append("decoder_robustness.png")
+  if "denoiser_by_noise" in result:
+    den = result["denoiser_by_noise"]
+    fig, ax1 = plt.subplots(figsize=(5, 3.5))
+    ts = [r["t"] for r in den]
+    ax1.plot(ts, [r["x0_mse"] for r in den], "o-", label="x̂0 MSE (no estimate)")
+    ax1.plot(ts, [r["x0_mse_self_cond"] for r in den], "s-", label="x̂0 MSE (self-conditioned)")
+    ax1.set(xlabel="timestep t", ylabel="MSE (normalized units)", title="Denoiser accuracy by noise level")
+    ax2 = ax1.twinx()
+    ax2.plot(ts, [r["exact_match"] for r in den], "^--", color="tab:green", label="decodes exactly")
+    ax2.set(ylabel="share decoding exactly", ylim=(0, 1.05))
+    lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax1.legend(lines, [l.get_label() for l in lines], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "denoiser_by_noise.png", dpi=120)
+    plt.close(fig)
+    written.append("denoiser_by_noise.png")
   return written
 
 
 def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num_timesteps: int = 10,
                     noise_scales: Sequence[float] = NOISE_SCALES, out_dir: str | pathlib.Path | None = None,
-                    seed: int = 0, config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
-  """Both diagnostics on a trained run; writes diagnostics.json (and PNGs) to out_dir (default the workdir).
+                    seed: int = 0, config: ml_collections.ConfigDict | None = None,
+                    parts: Sequence[str] = PARTS) -> dict[str, Any]:
+  """The diagnostics on a trained run; writes diagnostics.json (and PNGs) to out_dir (default the workdir).
 
   Args:
     workdir: the run's workdir (precompute and train stages done).
@@ -175,12 +180,17 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
     out_dir: where to write.
     seed: noise seed.
     config: the run's config (default: the one saved in the workdir).
+    parts: which diagnostics (`PARTS`); the decoder's alone needs no denoiser that reads these latents only
+      (e.g. a sequence-to-sequence run, whose denoiser also wants a source).
 
   Returns:
     {"workdir", "checkpoint_step", "num_examples", "decoder_robustness": [...], "denoiser_by_noise": [...],
      "plots": [...]}.
   """
   from ldlg.methods.gaussian.text_sampler import TextSampler, read_sampling_meta
+  unknown = sorted(set(parts) - set(PARTS))
+  if unknown or not parts:
+    raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {list(parts)}")
   wd = Workdir(pathlib.Path(workdir).absolute())
   config = config or load_run_config(wd)
   meta = read_sampling_meta(wd)
@@ -196,11 +206,13 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
   grid = np.unique(np.round(np.linspace(0, T - 1, num_timesteps)).astype(int))
   result = {
       "workdir": str(wd.root), "num_examples": int(len(indices)),
-      "checkpoint_step": int(meta.get("data_position", -1)),
-      "decoder_robustness": decoder_robustness(sampler.codec, batch, texts, mean, std, noise_scales, seed),
-      "denoiser_by_noise": denoiser_by_noise(sampler.method, params, sampler.codec, batch, texts, mean, std, grid,
-                                             seed),
+      "checkpoint_step": int(meta.get("data_position", -1)), "codec": sampler.codec.identity(),
   }
+  if "decoder_robustness" in parts:
+    result["decoder_robustness"] = decoder_robustness(sampler.codec, batch, texts, mean, std, noise_scales, seed)
+  if "denoiser_by_noise" in parts:
+    result["denoiser_by_noise"] = denoiser_by_noise(sampler.method, params, sampler.codec, batch, texts, mean, std,
+                                                    grid, seed)
   out = pathlib.Path(out_dir) if out_dir else wd.root
   out.mkdir(parents=True, exist_ok=True)
   result["plots"] = _plot(result, out)
@@ -219,13 +231,14 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_timesteps", 10, "Points of the timestep grid.")
   flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
+  flags.DEFINE_list("parts", list(PARTS), f"Which diagnostics, from {PARTS}.")
   flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
   result = run_diagnostics(FLAGS.workdir, num_examples=FLAGS.num_examples, num_timesteps=FLAGS.num_timesteps,
-                           out_dir=FLAGS.out, seed=FLAGS.seed)
+                           out_dir=FLAGS.out, seed=FLAGS.seed, parts=FLAGS.parts)
   print(json.dumps(result, indent=2))
 
 
