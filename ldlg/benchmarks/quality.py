@@ -32,14 +32,6 @@ from ldlg import pipeline
 from ldlg.data import splits
 from ldlg.engine.workdir import Workdir
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quality", "Where every run of the benchmark goes.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw data folder (<dataset>/...); else $LDLG_DATA_DIR.")
-_PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "gpu", "smoke"],
-                            "Budget: cpu (~1 h on 2 cores), gpu, or smoke (minutes; checks the plumbing only).")
-_DATASETS = flags.DEFINE_list("datasets", ["sst"], "Datasets to train and sample on (MAUVE table rows).")
-_REUSE = flags.DEFINE_list("reuse_autoencoder", [],
-                           "dataset=workdir pairs: report the reconstruction of a finished pipeline run.")
-
 PRESETS = {
     # steps: every model's training steps; num_draws x draw_size samples per row.
     "cpu": dict(ae_steps=1500, steps=1500, num_draws=5, draw_size=200, sample_steps=250),
@@ -79,7 +71,8 @@ def mdlm_config(dataset: str, preset: dict, tokenizer_path: pathlib.Path) -> ml_
 
 
 def _link_shared_stages(src: Workdir, dst: Workdir) -> None:
-  """The ablation shares the autoencoder, datasets and latents of the main run (they do not depend on it)."""
+  """The ablation (and other budgets' runs) share the autoencoder, datasets and latents of the main run (they do
+  not depend on it)."""
   dst.root.mkdir(parents=True, exist_ok=True)
   for name in ("autoencoder", "tfds", "latents"):
     if not (dst.root / name).exists():
@@ -102,8 +95,17 @@ def _timed(fn, *args, **kwargs):
   return out, time.perf_counter() - t0
 
 
-def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dict:
-  """Every row of one dataset's table; each stage is skipped when its output exists."""
+def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict, *, shared_codec: Workdir | None = None,
+                judge_dir: pathlib.Path | None = None, judge_steps: int | None = None) -> dict:
+  """Every row of one dataset's table; each stage is skipped when its output exists.
+
+  Args:
+    dataset, root, data_dir, preset: what to train and where (`<root>/<dataset>/...`), as the command's flags.
+    shared_codec: an LD4LG workdir whose autoencoder, datasets and latents this run uses instead of making its own
+      (the time-to-quality benchmark's budgets share one); its pretrain/precompute times are then not this run's.
+    judge_dir, judge_steps: the perplexity judge's folder and training steps (default `<root>/<dataset>/ar_judge`,
+      the preset's steps); a judge already there is used as it is, so several runs can share one.
+  """
   from ldlg.evaluation import evaluate as evaluate_lib
   from ldlg.methods.gaussian.method import GaussianDiffusion
   from ldlg.methods.masked.method import MaskedDiffusion, tokenizer_info
@@ -129,6 +131,8 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
   nosc = Workdir(root / dataset / "ld4lg_no_self_cond")
 
   # 1. Autoencoder and latents (shared by both LD4LG rows), then the two diffusion models.
+  if shared_codec is not None:
+    _link_shared_stages(shared_codec, sc)
   for stage in ("pretrain_autoencoder", "precompute"):
     if not pipeline.stage_done(stage, sc_config, sc):
       _, seconds = _timed(pipeline.run, stage, sc_config, sc.root, data_dir=data_dir)
@@ -165,11 +169,13 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
   ar_cfg.model, ar_params = ar_model.matched_gpt2_config(denoiser_params, len(tokenizer),
                                                          sc_config.data.max_length)
   ld4lg_train_seconds = results["wall_seconds"].get("ld4lg_train")
-  for name, seed, cap in (("ar_baseline", 0, ld4lg_train_seconds), ("ar_judge", 1, None)):
-    out = root / dataset / name
+  judge_dir = judge_dir or root / dataset / "ar_judge"
+  for name, seed, cap, out, steps in (
+      ("ar_baseline", 0, ld4lg_train_seconds, root / dataset / "ar_baseline", preset["steps"]),
+      ("ar_judge", 1, None, judge_dir, judge_steps or preset["steps"])):
     if not (out / "ar_result.json").exists():
       ar_cfg.seed = seed
-      result = ar_train.train_ar_baseline(ar_cfg, train_texts, tokenizer, out, max_steps=preset["steps"],
+      result = ar_train.train_ar_baseline(ar_cfg, train_texts, tokenizer, out, max_steps=steps,
                                           max_seconds=cap, valid_texts=reference[:500])
       (out / "ar_result.json").write_text(json.dumps(result, indent=2, default=str))
     results["wall_seconds"][f"{name}_train"] = _read_json(out / "ar_result.json")["seconds"]
@@ -200,7 +206,7 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict) -> dic
 
   # 4. Scores, all by the same code.
   featurizer = featurizers.get_featurizer("minilm")
-  judge = perplexity.load_causal_lm(str(root / dataset / "ar_judge"))
+  judge = perplexity.load_causal_lm(str(judge_dir))
   classifier = None
   if sc_config.model.num_classes > 0:
     classifier = classifier_lib.train_classifier(train_texts, [r["label"] for r in train_records], featurizer)
@@ -258,19 +264,34 @@ def format_table(all_results: dict, preset_name: str) -> str:
   return "\n".join(lines)
 
 
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so that importing this module (the time-to-quality benchmark builds on
+  # it) never collides on flag names.
+  flags.DEFINE_string("workdir", "runs/quality", "Where every run of the benchmark goes.")
+  flags.DEFINE_string("data_dir", None, "Raw data folder (<dataset>/...); else $LDLG_DATA_DIR.")
+  flags.DEFINE_enum("preset", "cpu", list(PRESETS),
+                    "Budget: cpu (~1 h on 2 cores), gpu, or smoke (minutes; checks the plumbing only).")
+  flags.DEFINE_list("datasets", ["sst"], "Datasets to train and sample on (MAUVE table rows).")
+  flags.DEFINE_list("reuse_autoencoder", [],
+                    "dataset=workdir pairs: report the reconstruction of a finished pipeline run.")
+
+
 def main(argv):
   del argv
-  data_dir = _DATA_DIR.value or os.environ.get("LDLG_DATA_DIR")
-  root = pathlib.Path(_WORKDIR.value).absolute()
-  preset = PRESETS[_PRESET.value]
+  data_dir = FLAGS.data_dir or os.environ.get("LDLG_DATA_DIR")
+  root = pathlib.Path(FLAGS.workdir).absolute()
+  preset = PRESETS[FLAGS.preset]
   all_results = {}
   t0 = time.perf_counter()
-  for pair in _REUSE.value:
+  for pair in FLAGS.reuse_autoencoder:
     dataset, path = pair.split("=", 1)
     all_results[dataset] = {"reconstruction": _reconstruction_row(Workdir(pathlib.Path(path)))}
-  for dataset in _DATASETS.value:
+  for dataset in FLAGS.datasets:
     all_results[dataset] = run_dataset(dataset, root, data_dir, preset)
-  table = format_table(all_results, _PRESET.value)
+  table = format_table(all_results, FLAGS.preset)
   (root / "table.md").write_text(table + "\n")
   (root / "results.json").write_text(json.dumps(all_results, indent=2))
   print(table)
@@ -279,4 +300,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
