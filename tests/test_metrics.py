@@ -310,8 +310,9 @@ def test_evaluate_texts_structure(tiny_gpt2, tmp_path):
                             num_draws=1, draw_size=20)
 
 
-def test_evaluate_draws_with_precomputed_reference_features_and_grams_is_the_same():
+def test_evaluate_draws_with_precomputed_reference_features_and_grams_is_the_same(caplog):
   """Scoring several sample sets against one reference featurizes it once: the result must not change."""
+  caplog.set_level("INFO")
   bow = BagOfWords(WORDS)
   rng = np.random.default_rng(1)
   samples = [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(30)]
@@ -321,6 +322,9 @@ def test_evaluate_draws_with_precomputed_reference_features_and_grams_is_the_sam
   shared = evaluate.evaluate_draws(samples, reference, ng.training_ngrams(train), featurizer=bow, num_draws=3,
                                    reference_features=bow(reference))
   assert shared == plain
+  # Progress: one line per draw with that draw's scores, as the stage goes.
+  mauve_2 = plain["mauve"]["values"][1]
+  assert f"Draw 2/3: mauve {mauve_2:.4g}, diversity" in caplog.text
   with pytest.raises(ValueError, match="reference_features has 29 rows"):
     evaluate.evaluate_draws(samples, reference, train, featurizer=bow, reference_features=bow(reference[:29]))
 

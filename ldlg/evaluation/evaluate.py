@@ -24,6 +24,7 @@ import math
 import pathlib
 from typing import Any, Iterable, Sequence
 
+from absl import logging
 import numpy as np
 
 from ldlg.evaluation import classifier as classifier_lib
@@ -169,6 +170,8 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
   if len(samples) < num_draws:
     raise ValueError(f"{len(samples)} samples cannot be split into num_draws={num_draws} sets")
   draws = np.array_split(np.arange(len(samples)), num_draws)
+  logging.info("Evaluating %d samples as %d draws: featurizing them (%s)%s.", len(samples), num_draws,
+               featurizer.name, "" if reference_features is not None else f" and {len(reference)} reference texts")
   sample_feats = featurizer(samples)
   ref_feats = featurizer(list(reference)) if reference_features is None else reference_features
   if len(ref_feats) != len(reference):
@@ -192,6 +195,7 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
                                if scored else math.nan)
     if sample_labels is not None:
       per["class_accuracy"].append(classifier.accuracy(texts, [sample_labels[j] for j in idx]))
+    logging.info("Draw %d/%d: %s", i + 1, num_draws, ", ".join(f"{k} {v[-1]:.4g}" for k, v in per.items()))
   out: dict[str, Any] = {k: _mean_std(v) for k, v in per.items()}
   out.update(featurizer=featurizer.name, num_draws=num_draws, draw_size=int(len(draws[0])),
              num_samples=len(samples), num_empty_samples=sum(not t.strip() for t in samples))
