@@ -395,7 +395,8 @@ def _seq2seq(c: Checker) -> None:
   c.count("data.max_source_length", lo=3)
   c.count("sample.num_candidates")
   c.count("sample.num_sources", lo=0)
-  c.choice("sample.length_from", ("source", "histogram"))
+  from ldlg.methods.gaussian.seq2seq_stages import LENGTH_SOURCES  # pylint: disable=g-import-not-at-top
+  c.choice("sample.length_from", LENGTH_SOURCES)
   c.count("sample.length_min_count")
   name = c.get("data.name")
   if isinstance(name, str):

@@ -3,6 +3,7 @@ from a config: `config.codec` names it ("bart_latents", the default: frozen BART
 those states through LD4LG's later-version compression network to a fixed [N, w])."""
 
 LATENT_CODECS = ("bart_latents", "bart_compressed")
+COMPRESSED = "bart_compressed"
 
 
 def codec_name(config) -> str:
@@ -13,9 +14,14 @@ def codec_name(config) -> str:
   return name
 
 
+def uses_compression(config) -> bool:
+  """Whether the run diffuses the compression network's latents (`config.codec = "bart_compressed"`)."""
+  return codec_name(config) == COMPRESSED
+
+
 def build(config, workdir):
   """The run's latent codec, loaded from the workdir (raises naming the stage to run when it is not there)."""
-  if codec_name(config) == "bart_compressed":
+  if uses_compression(config):
     from ldlg.codecs.compression.codec import CompressedBartCodec  # pylint: disable=import-outside-toplevel
     return CompressedBartCodec.from_config(config, workdir)
   from ldlg.codecs.bart.codec import BartLatentCodec  # pylint: disable=import-outside-toplevel

@@ -12,7 +12,7 @@ import shutil
 
 from absl import logging
 
-from ldlg.codecs import codec_name
+from ldlg.codecs import uses_compression
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.data.splits import load_texts
 from ldlg.engine import signals
@@ -52,7 +52,7 @@ def pretrain_done(config, workdir: Workdir, data_dir=None) -> bool:
 
 def latent_encoder(config, workdir: Workdir):
   """What the precompute encodes with: the frozen BART, or BART and the compression network (config.codec)."""
-  if codec_name(config) == "bart_compressed":
+  if uses_compression(config):
     from ldlg.codecs.compression import codec as compression_codec  # pylint: disable=import-outside-toplevel
     compression_codec.check_model_fits(config)
     return compression_codec.CompressedEncoder(compression_codec.CompressedBartCodec.from_config(config, workdir))
@@ -62,8 +62,8 @@ def latent_encoder(config, workdir: Workdir):
 def precompute(config, workdir: Workdir, data_dir) -> None:
   from ldlg.data import datasets
   encoder = latent_encoder(config, workdir)
-  if codec_name(config) == "bart_compressed":
-    _drop_latents_of_other_compression(config, workdir, encoder.name)
+  if uses_compression(config):
+    _drop_latents_of_other_compression(config, workdir)
   spec, _ = datasets.get_spec(config.data.name)
   with signals.RaiseOnSignal("the latent precompute"):  # Shards are written atomically; done ones are kept.
     precompute_splits(config, workdir, data_dir, encoder, spec)
@@ -98,7 +98,7 @@ def precompute_done(config, workdir: Workdir, data_dir=None) -> bool:
     m = json.loads(manifest.read_text())
     if not m.get("complete"):
       return False
-    if codec_name(config) == "bart_compressed" and not _made_with_current_compression(m, workdir):
+    if uses_compression(config) and not _made_with_current_compression(m, workdir):
       logging.info("The latents in %s were not made with the compression network there is now: recomputing them.",
                    manifest.parent)
       return False
@@ -110,20 +110,22 @@ def precompute_done(config, workdir: Workdir, data_dir=None) -> bool:
   return True
 
 
-def _drop_latents_of_other_compression(config, workdir: Workdir, encoder_name: str) -> None:
-  """Latents encoded through earlier compression weights (the network was retrained) are deleted, not resumed."""
+def _drop_latents_of_other_compression(config, workdir: Workdir) -> None:
+  """Latents encoded through earlier compression weights (the network was retrained) are deleted, not resumed
+  (the precompute would refuse a folder written by another encoder)."""
   for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
     manifest = workdir.latents_dir(split) / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text())["autoencoder"] != encoder_name:
+    if manifest.exists() and not _made_with_current_compression(json.loads(manifest.read_text()), workdir):
       logging.info("Deleting %s: encoded with other compression weights.", manifest.parent)
       shutil.rmtree(manifest.parent)
 
 
 def _made_with_current_compression(manifest: dict, workdir: Workdir) -> bool:
+  """Whether a latent manifest names the compression weights there are now (`CompressedEncoder.name`)."""
   from ldlg.codecs.compression import codec as compression_codec  # pylint: disable=import-outside-toplevel
   weights = compression_codec.compression_dir(workdir) / compression_codec.WEIGHTS_FILE
   return weights.exists() and manifest["autoencoder"].endswith(
-      f"+compression:{compression_codec.weights_digest(weights)}")
+      compression_codec.weights_tag(compression_codec.weights_digest(weights)))
 
 
 PRETRAIN = Stage("pretrain_autoencoder", pretrain_autoencoder, pretrain_done)

@@ -57,6 +57,11 @@ def weights_digest(path: Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def weights_tag(digest: str) -> str:
+  """What the latents' manifest names after the BART: which compression weights (their digest) encoded them."""
+  return f"+compression:{digest}"
+
+
 @base.CODECS.register("bart_compressed")
 @dataclasses.dataclass
 class CompressedBartCodec(base.Codec):
@@ -73,8 +78,10 @@ class CompressedBartCodec(base.Codec):
   name = "bart_compressed"
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, workdir: Workdir) -> "CompressedBartCodec":
-    compressor = load_compressor(config, workdir)
+  def from_config(cls, config: ml_collections.ConfigDict, workdir: Workdir,
+                  autoencoder=None) -> "CompressedBartCodec":
+    """The run's codec; `autoencoder`: its frozen BART when already loaded (else loaded from the workdir)."""
+    compressor = load_compressor(config, workdir, autoencoder)
     return cls(compressor, bart_codec.decode_settings(config.autoencoder),
                weights_digest(compression_dir(workdir) / WEIGHTS_FILE))
 
@@ -113,7 +120,7 @@ class CompressedEncoder:
 
   def __init__(self, codec: CompressedBartCodec):
     self.codec = codec
-    self.name = f"{codec.autoencoder.name}+compression:{codec.weights_sha256}"
+    self.name = codec.autoencoder.name + weights_tag(codec.weights_sha256)
     self.latent_dim = codec.latent_dim
     self.max_length = int(codec.compressor.network.num_latents)
     self.max_tokens = int(codec.autoencoder.max_length)

@@ -16,7 +16,7 @@ import json
 from absl import logging
 import ml_collections
 
-from ldlg.codecs import codec_name
+from ldlg.codecs import codec_name, uses_compression
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import reconstruction
 from ldlg.codecs.compression import codec as compression_codec
@@ -25,10 +25,6 @@ from ldlg.data.splits import load_texts
 from ldlg.engine import signals
 from ldlg.engine.stage import Stage
 from ldlg.engine.workdir import Workdir
-
-
-def uses_compression(config: ml_collections.ConfigDict) -> bool:
-  return codec_name(config) == compression_codec.CompressedBartCodec.name
 
 
 def train_compression(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> None:
@@ -43,7 +39,7 @@ def train_compression(config: ml_collections.ConfigDict, workdir: Workdir, data_
   result = compression_train.train_compression(config.compression, autoencoder, texts, out_dir)
   if result["stopped_by"] == "signal":
     raise signals.Interrupted(f"compression training was interrupted at step {result['step']} (checkpoint saved)")
-  codec = compression_codec.CompressedBartCodec.from_config(config, workdir)
+  codec = compression_codec.CompressedBartCodec.from_config(config, workdir, autoencoder)
   held_out = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.eval_split)]
   held_out = held_out[:int(config.autoencoder.eval_num_sentences)]
   latents, _ = codec.encode(held_out)

@@ -55,7 +55,7 @@ def precompute_done(config: ml_collections.ConfigDict, workdir: Workdir, data_di
           and sources_lib.sources_done(workdir, config.data.train_split))
 
 
-LENGTH_SOURCES = ("source", "histogram")
+LENGTH_SOURCES = ("source", "histogram")  # config.sample.length_from (checked by ldlg.config_validation)
 
 
 def length_model(config: ml_collections.ConfigDict, workdir: Workdir) -> SourceLengthModel | None:

@@ -156,7 +156,7 @@ def likelihood_metrics(config: ml_collections.ConfigDict, workdir: Workdir, data
   out_vlb = jax.device_get(vlb(params, rng, batch["latents"], batch["mask"], class_id))
   log_std = float(np.log(sampler.std))
   # A "token" is a latent position: a BART token, or one of the compressed latent's N vectors.
-  token = "compressed latent vector" if codecs.codec_name(config) == "bart_compressed" else "BART token"
+  token = "compressed latent vector" if codecs.uses_compression(config) else "BART token"
   result = {"split": config.data.eval_split, "num_examples": n, "units": "nats, normalized latents",
             "per_token_is": token,
             "ode_nll_per_dim": float(np.mean(out_ode["nll_per_dim"])),
