@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       shard_size=8192,         # Sentences per latent shard on disk.
       encode_batch_size=128,   # Sentences per encoder call during precompute.
       max_examples=0,          # Cap on examples per split (0 = all); for quick runs.
-      length_bucketed=False,   # Batch by similar lengths (faster on CPU; the paper pads to max_length).
+      length_bucketed=False,   # Pad each batch to its longest example (faster on CPU; the paper pads to max_length).
+      group_by_length=0,       # k > 0: batches of similar length, from length-sorted groups of k batches.
   )
 
   config.autoencoder = d(
@@ -78,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       grad_clip_norm=1.0,
       seed=0,
       pad_multiple=16,
+      group_by_length=0,          # k > 0: batches of similar length, from length-sorted groups of k batches.
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=2,

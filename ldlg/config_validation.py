@@ -173,6 +173,7 @@ def _data(c: Checker) -> None:
   c.count("data.encode_batch_size")
   c.count("data.max_examples", lo=0)
   c.boolean("data.length_bucketed")
+  c.count("data.group_by_length", lo=0)
   name = c.get("data.name")
   if name is _MISSING:
     return
@@ -237,7 +238,7 @@ def _autoencoder(c: Checker) -> None:
                 "max_position_embeddings", "batch_size", "num_steps", "pad_multiple", "log_every",
                 "checkpoint_every", "keep_checkpoints", "eval_num_beams", "eval_batch_size"):
     c.count(f"autoencoder.{field}")
-  for field in ("tokenizer_min_frequency", "warmup_steps", "eval_num_sentences"):
+  for field in ("tokenizer_min_frequency", "warmup_steps", "eval_num_sentences", "group_by_length"):
     c.count(f"autoencoder.{field}", lo=0)
   for field in ("dropout", "attention_dropout", "clean_fraction", "mask_ratio", "random_ratio",
                 "token_mask_ratio"):

@@ -289,6 +289,21 @@ def test_batches_depend_on_step_only(tok, sentences):
   assert set(seen[:100].tolist()) == set(range(100))
 
 
+def test_length_grouped_batches_are_narrower_and_depend_on_step_only(tok, sentences):
+  cfg = pretrain.default_autoencoder_config()
+  cfg.update(dict(batch_size=8, pad_multiple=1, clean_fraction=1.0))  # clean: inputs = labels, widths exact
+  ids = [np.asarray(x) for x in tok(sentences[:200])["input_ids"]]
+  assert pretrain.batch_order(ids, cfg) is None  # off by default: random batches
+  cfg.group_by_length = 5
+  order = pretrain.batch_order(ids, cfg)
+  a = pretrain.make_batch(ids, 7, cfg, tok, order)
+  b = pretrain.make_batch(ids, 7, cfg, tok, pretrain.batch_order(ids, cfg))
+  assert all(np.array_equal(a[k], b[k]) for k in a)
+  steps = range(200 // 8)
+  width = lambda o: sum(pretrain.make_batch(ids, s, cfg, tok, o)["labels"].shape[1] for s in steps)
+  assert width(order) < width(None)
+
+
 # ------------------------------------------------------------------------------ pretraining (slow)
 
 @pytest.mark.extended

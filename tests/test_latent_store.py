@@ -82,11 +82,26 @@ def test_deterministic_for_a_seed(store):
   assert not np.array_equal(a[0]["dataset_index"], c["dataset_index"])
 
 
+@pytest.mark.parametrize("group", [0, 4])
 @pytest.mark.parametrize("start", [1, 11, 12, 13, 30])  # inside, at and across epoch boundaries
-def test_resume_from_step_equals_uninterrupted_run(store, start):
-  full = take(store.batches(G, num_local_devices=2, seed=3, length_bucketed=True), start + 3)
-  resumed = take(store.batches(G, num_local_devices=2, seed=3, length_bucketed=True, start_step=start), 3)
+def test_resume_from_step_equals_uninterrupted_run(store, start, group):
+  kw = dict(num_local_devices=2, seed=3, length_bucketed=True, group_by_length=group)
+  full = take(store.batches(G, **kw), start + 3)
+  resumed = take(ls.LatentStore(store.path).batches(G, start_step=start, **kw), 3)
   assert_batches_equal(full[start:], resumed)
+
+
+def test_length_grouped_batches_pad_less_and_keep_the_epochs(store):
+  spe = store.steps_per_epoch(G)
+  kw = dict(num_local_devices=1, seed=0, normalize=False, length_bucketed=True, bucket_size=2)
+  plain = take(store.batches(G, **kw), spe)
+  grouped = take(store.batches(G, group_by_length=4, **kw), spe)
+  seen = lambda bs: sorted(np.concatenate([b["dataset_index"].ravel() for b in bs]).tolist())
+  assert seen(grouped) == seen(plain)  # the same examples each epoch, the same remainder dropped
+  padded = lambda bs: sum(b["latents"].shape[2] for b in bs)
+  assert padded(grouped) < padded(plain)
+  for b in grouped:  # each batch is read as usual: valid positions first, the rest zero
+    assert b["latents"].shape[2] >= b["length"].max()
 
 
 def test_each_epoch_is_a_permutation_with_the_remainder_dropped(store):

@@ -29,6 +29,8 @@ from typing import Any, Iterator, Sequence
 import ml_dtypes
 import numpy as np
 
+from ldlg.data import step_batches
+
 MANIFEST_FILE = "manifest.json"
 STATS_FILE = "stats.json"
 SHARD_INFO_FILE = "shard.json"
@@ -135,6 +137,7 @@ class LatentStore:
         raise ValueError(f"{self.stats_path}: mean has shape {self.mean.shape}, latents have "
                          f"d={self.latent_dim}")
     self._perm_cache: tuple[tuple[int, int], np.ndarray] | None = None
+    self._grouped_order: tuple[tuple[int, int, int], step_batches.LengthGroupedOrder] | None = None
 
   def _find_stats(self, stats_path) -> Path | None:
     if stats_path is not None:
@@ -264,14 +267,25 @@ class LatentStore:
     """Full global batches per epoch (the remainder of each epoch's permutation is dropped)."""
     return self.num_examples // global_batch_size
 
-  def global_batch_indices(self, step: int, global_batch_size: int, seed: int) -> np.ndarray:
-    """[G] int64 example indices of global batch `step`; depends only on (seed, step)."""
+  def global_batch_indices(self, step: int, global_batch_size: int, seed: int,
+                           group_by_length: int = 0) -> np.ndarray:
+    """[G] int64 example indices of global batch `step`; depends only on (seed, step).
+
+    group_by_length: 0 = random batches; k >= 1 = batches of similar length from length-sorted groups of k
+    batches, in a random order (`step_batches.LengthGroupedOrder`; the same epochs and dropped remainder).
+    """
     if seed < 0 or step < 0:
       raise ValueError(f"seed and step must be >= 0, got seed={seed}, step={step}")
     spe = self.steps_per_epoch(global_batch_size)
     if spe == 0:
       raise ValueError(f"global_batch_size {global_batch_size} is larger than the split "
                        f"({self.num_examples} examples)")
+    if group_by_length:
+      key = (global_batch_size, seed, group_by_length)
+      if self._grouped_order is None or self._grouped_order[0] != key:
+        self._grouped_order = (key, step_batches.LengthGroupedOrder(self.lengths, global_batch_size, seed,
+                                                                    group_by_length))
+      return self._grouped_order[1].batch(step)
     epoch, pos = divmod(step, spe)
     if self._perm_cache is None or self._perm_cache[0] != (seed, epoch):
       self._perm_cache = ((seed, epoch), np.random.default_rng([seed, epoch]).permutation(self.num_examples))
@@ -282,8 +296,9 @@ class LatentStore:
     return min(self.max_length, int(math.ceil(longest / bucket_size)) * bucket_size)
 
   def batches(self, global_batch_size: int, *, num_local_devices: int, seed: int, start_step: int = 0,
-              length_bucketed: bool = False, bucket_size: int = 8, process_index: int = 0,
-              process_count: int = 1, normalize: bool = True) -> Iterator[dict[str, np.ndarray]]:
+              length_bucketed: bool = False, bucket_size: int = 8, group_by_length: int = 0,
+              process_index: int = 0, process_count: int = 1,
+              normalize: bool = True) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of this process's share of each global batch, shaped for pmap.
 
     Args:
@@ -295,6 +310,8 @@ class LatentStore:
         *global* batch (identical on every process, so all hosts trace the same shapes; at most
         max_length / bucket_size distinct shapes) instead of max_length.
       bucket_size: granularity of bucket lengths.
+      group_by_length: 0, or batches of similar length (see `global_batch_indices`); with `length_bucketed`
+        most batches then pad to their own length, not the longest of a random batch.
       process_index, process_count: this host's slice: process p takes examples
         [p * G/P, (p + 1) * G/P) of each global batch.
       normalize: apply the stored stats.
@@ -325,7 +342,7 @@ class LatentStore:
     example_index = (first + np.arange(per_process, dtype=np.int32)).reshape(D, b)
     step = int(start_step)
     while True:
-      indices = self.global_batch_indices(step, G, seed)
+      indices = self.global_batch_indices(step, G, seed, group_by_length)
       pad_to = self.max_length
       if length_bucketed:
         pad_to = self.bucket_length(int(self.lengths[indices].max()), bucket_size)

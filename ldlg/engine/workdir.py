@@ -87,7 +87,8 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
 # Fields added to the configs after workdirs were made, with the value that reproduces the behaviour from before
 # they existed: a saved config without the field matches a current one holding this value.
 ADDED_FIELD_DEFAULTS = {"diffusion.self_condition_mode": "per_example", "train.ema_power": 0.0,
-                        "optim.decay_mask": "all", "optim.end_lr_fraction": 0.0}
+                        "optim.decay_mask": "all", "optim.end_lr_fraction": 0.0, "data.group_by_length": 0,
+                        "autoencoder.group_by_length": 0}
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -34,7 +34,7 @@ from ldlg.codecs.bart import corruption
 from ldlg.codecs.bart import reconstruction
 from ldlg.codecs.bart import tokenizer as tokenizer_lib
 from ldlg.data.batching import pad_rows, pad_width, teacher_forcing_batch
-from ldlg.data.step_batches import batch_indices
+from ldlg.data.step_batches import LengthGroupedOrder, batch_indices
 from ldlg.engine import parallel
 from ldlg.engine import trainer
 
@@ -70,6 +70,7 @@ def default_autoencoder_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 1.0
   c.seed = 0
   c.pad_multiple = 16  # batches are padded to a multiple of this (few compiled shapes)
+  c.group_by_length = 0  # k > 0: batches of similar length, from length-sorted groups of k batches
   # Bookkeeping.
   c.log_every = 50
   c.checkpoint_every = 500
@@ -101,10 +102,24 @@ def generation_config(model_config: transformers.BartConfig) -> transformers.Gen
   return gen
 
 
+def batch_order(token_ids: Sequence[np.ndarray], cfg: ml_collections.ConfigDict) -> LengthGroupedOrder | None:
+  """The length-grouped batch order when `cfg.group_by_length` > 0 (by the clean sentences' lengths), else None
+  (random batches, `batch_indices`)."""
+  group = int(cfg.get("group_by_length", 0))
+  if not group:
+    return None
+  return LengthGroupedOrder([len(x) for x in token_ids], cfg.batch_size, cfg.seed, group)
+
+
 def make_batch(token_ids: Sequence[np.ndarray], step: int, cfg: ml_collections.ConfigDict,
-               tokenizer) -> dict[str, np.ndarray]:
-  """The training batch of `step`: corrupted inputs, clean labels, shifted decoder inputs, all [B, P]."""
-  idx = batch_indices(step, len(token_ids), cfg.batch_size, cfg.seed)
+               tokenizer, order: LengthGroupedOrder | None = None) -> dict[str, np.ndarray]:
+  """The training batch of `step`: corrupted inputs, clean labels, shifted decoder inputs, all [B, P].
+
+  order: `batch_order(token_ids, cfg)`, built once per run (None: random batches)."""
+  if order is None:
+    idx = batch_indices(step, len(token_ids), cfg.batch_size, cfg.seed)
+  else:
+    idx = order.batch(step)
   labels = [token_ids[i] for i in idx]
   rng = np.random.default_rng([cfg.seed, 1, step])
   inputs = corruption.noise_batch(
@@ -224,9 +239,11 @@ def pretrain_autoencoder(cfg: ml_collections.ConfigDict, texts_train: Sequence[s
     raise ValueError(f"autoencoder.batch_size={cfg.batch_size} is not divisible by the {len(devices)} devices; "
                      f"use a multiple of {len(devices)}")
 
+  order = batch_order(token_ids, cfg)
+
   def batches(start_step: int):
     for step in itertools.count(start_step):
-      yield parallel.shard_batch(make_batch(token_ids, step, cfg, tokenizer), len(devices))
+      yield parallel.shard_batch(make_batch(token_ids, step, cfg, tokenizer, order), len(devices))
 
   key = jax.random.PRNGKey(cfg.seed)  # Initialisation and dropout share it, as they always have.
   job = trainer.TrainJob(init_params=lambda rng: init(rng, (1, 1)),

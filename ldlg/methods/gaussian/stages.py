@@ -50,7 +50,8 @@ def train_job(config: ml_collections.ConfigDict, workdir: Workdir, *, devices=No
   def batches(start_step: int):
     latents = store.batches(
         config.train.batch_size, num_local_devices=len(devices), seed=config.seed, start_step=start_step,
-        length_bucketed=config.data.length_bucketed, process_index=jax.process_index(),
+        length_bucketed=config.data.length_bucketed, group_by_length=int(config.data.get("group_by_length", 0)),
+        process_index=jax.process_index(),
         process_count=jax.process_count())
     return latents if sources is None else sources.attach(latents)
 
