@@ -72,3 +72,33 @@ def test_bad_arguments_are_named():
     LengthGroupedOrder(np.ones((5, 2)), 2, seed=0, group_batches=1)
   with pytest.raises(ValueError, match="step must be >= 0"):
     LengthGroupedOrder(np.ones(50), 8, seed=0, group_batches=2).batch(-1)
+
+
+@pytest.mark.slow
+def test_length_grouping_benchmark_on_a_tiny_run(tiny_cli_run, data_dir, tmp_path):
+  """The benchmark reads the run's real lengths: over one epoch of the denoiser's batches the grouped order pads
+  to no more positions than the random one (sorting within each group minimises every batch's longest member)."""
+  import json
+  import shutil
+  from configs import tiny
+  from ldlg.benchmarks import length_grouping
+  from ldlg.engine.workdir import Workdir
+  config = tiny.get_config()
+  shutil.copytree(tiny_cli_run, tmp_path / "run", symlinks=True)
+  epoch = 256 // config.train.batch_size
+  result = length_grouping.run(config, Workdir(tmp_path / "run"), data_dir, group=4, steps=epoch, rounds=1,
+                               calls=1)
+  json.dumps(result)
+  den = result["denoiser"]
+  assert den["grouped"]["mean_width"] <= den["random"]["mean_width"]
+  assert 0 < den["random"]["fill"] <= den["grouped"]["fill"] <= 1
+  for part in ("denoiser", "bart"):
+    r = result[part]
+    for order in ("random", "grouped"):
+      assert sum(r[order]["width_counts"].values()) == epoch
+      assert set(r[order]["width_counts"]) <= set(r["seconds_by_width"])
+      assert r[order]["expected_seconds_per_step"] > 0
+    assert r["ratio_grouped_to_random"] > 0
+  assert all(w % config.autoencoder.pad_multiple == 0 for w in result["bart"]["seconds_by_width"])
+  with pytest.raises(ValueError, match="--group must be >= 1"):
+    length_grouping.run(config, Workdir(tmp_path / "run"), data_dir, group=0, steps=2, rounds=1, calls=1)

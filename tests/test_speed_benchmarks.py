@@ -52,6 +52,7 @@ def test_every_hot_loop_compiles_once_and_reports_its_rate():
     assert r["traces"] == 1, (part, r["traces"])  # calls and the cost-analysis lowering share one trace
     assert r["flops"] > 0 and r["flops_per_s"] > 0 and r["roofline_fraction"] > 0, part
   assert result["sample"]["num_steps"] == 20  # --quick samples 20 steps, whatever the config says
+  assert result["sample"]["forward_seconds"] > 0 and result["sample"]["forward_share"] > 0
   # The decode is forced to full length, so its FLOPs are those of (max_decode_length - 1) steps, each more than
   # the LM head alone (rows x d_model x vocab multiply-adds).
   rows = result["decode"]["batch"] * result["decode"]["num_beams"]

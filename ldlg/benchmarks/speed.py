@@ -11,7 +11,9 @@ each hot loop
   train     the denoiser's pmapped train step (global batch config.train.batch_size, --length tokens),
   pretrain  the BART denoising-autoencoder train step (config.autoencoder sizes; bart-base sizes when the
             config loads a pretrained BART), batch autoencoder.batch_size x autoencoder.max_length tokens,
-  sample    one call of the compiled sampler (config.sample.batch_size x model.max_len, num_steps steps),
+  sample    one call of the compiled sampler (config.sample.batch_size x model.max_len, num_steps steps), and
+            `forward_share`: num_steps denoiser forwards, compiled alone at the same shapes, over the sampler's
+            time (fastest repeats): the part of sampling spent in the network (issue target: >= 0.9),
   decode    the BART beam search (num_beams, repetition penalty, no-repeat n-grams) forced to decode
             max_decode_length tokens (min_length = max - 1), so every call does the same work,
   encode    the frozen BART encoder on a batch of data.encode_batch_size x max_length tokens (latent precompute),
@@ -109,13 +111,6 @@ def train_step_call(loss_fn, params, batch, optim, *, ema_decay):
   return call, flops, counter
 
 
-def _train_loop(loss_fn, params, batch, optim, *, ema_decay, repeats, calls):
-  call, flops, counter = train_step_call(loss_fn, params, batch, optim, ema_decay=ema_decay)
-  first = roofline.first_call_seconds(call)  # Before any lowering for the cost analysis: the compile is in it.
-  timing = roofline.time_calls(call, repeats=repeats, calls=calls, warmup=1)
-  return flops(), first, timing, counter.count
-
-
 def denoiser_train_call(config, length: int):
   """`train_step_call` for the run's denoiser on random latents of `length` tokens (global batch from config)."""
   method = GaussianDiffusion.from_config(config)
@@ -145,18 +140,28 @@ def bench_train(config, peak, *, length, repeats, calls) -> dict:
           "traces": traces}
 
 
-def bench_pretrain(config, peak, *, repeats, calls) -> dict:
+def bart_train_call(config, width: int | None = None):
+  """`train_step_call` for the BART pretraining step on random ids, `width` tokens a row (default: the
+  autoencoder's max_length), global batch autoencoder.batch_size. Returns (call, flops, counter, params, cfg)."""
   from ldlg.codecs.bart import pretrain
   model, params, _, cfg = _bart(config)
-  n_dev, batch_size, width = jax.local_device_count(), cfg.batch_size, cfg.max_length
+  n_dev, batch_size, width = jax.local_device_count(), cfg.batch_size, width or cfg.max_length
   rng = np.random.default_rng(0)
   ids = rng.integers(4, cfg.vocab_size, size=(batch_size, width)).astype(np.int32)
   data = dict(input_ids=ids, attention_mask=np.ones_like(ids), labels=ids,
               decoder_input_ids=np.concatenate([np.full((batch_size, 1), 2, np.int32), ids[:, :-1]], 1))
   loss_fn = pretrain.make_loss_fn(model, pad_id=1, num_devices=n_dev)
-  flops, first, timing, traces = _train_loop(loss_fn, params, parallel.shard_batch(data, n_dev),
-                                             pretrain.optimizer_config(cfg), ema_decay=None, repeats=repeats,
-                                             calls=calls)
+  call, flops, counter = train_step_call(loss_fn, params, parallel.shard_batch(data, n_dev),
+                                         pretrain.optimizer_config(cfg), ema_decay=None)
+  return call, flops, counter, params, cfg
+
+
+def bench_pretrain(config, peak, *, repeats, calls) -> dict:
+  call, flops_fn, counter, params, cfg = bart_train_call(config)
+  batch_size, width = cfg.batch_size, cfg.max_length
+  first = roofline.first_call_seconds(call)
+  timing = roofline.time_calls(call, repeats=repeats, calls=calls, warmup=1)
+  flops, traces = flops_fn(), counter.count
   dtype = str(jnp.dtype(config.autoencoder.get("dtype", "float32")))
   return {"global_batch": batch_size, "length": width, "dtype": dtype,
           "params": count_params(params), "seconds_per_step": timing["median_s"], "seconds_min": timing["min_s"],
@@ -180,15 +185,23 @@ def bench_sample(config, peak, *, repeats, num_steps, batch_size) -> dict:
   rows = 2 * batch_size if guided else batch_size
   # One denoiser evaluation as the sampler's loop body runs it (with a self-conditioning estimate).
   z = jnp.zeros((rows, max_len, dim), jnp.float32)
-  step_flops = roofline.xla_flops(
-      lambda p, z, m: method.denoise_fn(p, z, jnp.zeros((rows,), jnp.int32), m, z, jnp.ones((rows,), bool),
-                                        None if classes is None else jnp.zeros((rows,), jnp.int32), False,
-                                        jax.random.PRNGKey(0)), params, z, np.concatenate([mask] * (rows // batch_size)))
+  forward = lambda p, z, m: method.denoise_fn(p, z, jnp.zeros((rows,), jnp.int32), m, z, jnp.ones((rows,), bool),
+                                              None if classes is None else jnp.zeros((rows,), jnp.int32), False,
+                                              jax.random.PRNGKey(0))
+  row_mask = np.concatenate([mask] * (rows // batch_size))
+  step_flops = roofline.xla_flops(forward, params, z, row_mask)
   keys = iter(range(1, 10 ** 6))
   call = lambda: sample(params, jax.random.PRNGKey(next(keys)), mask, classes, latent_dim=dim)
   first = roofline.first_call_seconds(call)
   timing = roofline.time_calls(call, repeats=repeats, calls=1, warmup=0)
+  # The denoiser forward alone, compiled at the sampler's shapes, back to back: what the sampler would cost if
+  # its update arithmetic, loop and bookkeeping were free. The share is the fastest repeats' ratio.
+  forward_jit = jax.jit(forward)
+  forward_timing = roofline.time_calls(lambda: forward_jit(params, z, row_mask), repeats=repeats,
+                                       calls=min(steps, 20), warmup=1)
   return {"batch": batch_size, "max_len": max_len, "sampler": sample_cfg.sampler, "num_steps": steps,
+          "forward_seconds": forward_timing["median_s"],
+          "forward_share": steps * forward_timing["min_s"] / timing["min_s"],
           "dtype": config.model.dtype, "seconds_per_call": timing["median_s"],
           "seconds_per_step": timing["median_s"] / steps, "latents_per_s": batch_size / timing["median_s"],
           **_rate(steps * step_flops, timing, peak[config.model.dtype]), "first_call_s": first,

@@ -25,8 +25,8 @@ def pretrain_autoencoder(config, workdir: Workdir, data_dir) -> None:
     logging.info("config.autoencoder.pretrain is False: using the pretrained %s.", config.autoencoder.name)
     return
   from ldlg.codecs.bart import pretrain
-  train = _pretraining_texts(config, load_texts(config, data_dir, workdir, config.data.train_split))
-  valid = _pretraining_texts(config, load_texts(config, data_dir, workdir, config.data.eval_split))
+  train = pretraining_texts(config, load_texts(config, data_dir, workdir, config.data.train_split))
+  valid = pretraining_texts(config, load_texts(config, data_dir, workdir, config.data.eval_split))
   result = pretrain.pretrain_autoencoder(config.autoencoder, train, valid, workdir.autoencoder_dir)
   if result.get("stopped_by") == "signal":
     raise signals.Interrupted(f"autoencoder pretraining was interrupted at step {result['step']} (checkpoint "
@@ -34,7 +34,7 @@ def pretrain_autoencoder(config, workdir: Workdir, data_dir) -> None:
   logging.info("Autoencoder: %s", json.dumps({k: v for k, v in result.items() if k != "out_dir"}))
 
 
-def _pretraining_texts(config, records) -> list[str]:
+def pretraining_texts(config, records) -> list[str]:
   """The texts BART pretrains on: the targets, and with `config.autoencoder.include_source` (sequence-to-sequence
   LD4LG) each distinct source too, so the frozen encoder has learned to read the sources it will encode."""
   texts = [r["text"] for r in records]

@@ -1,0 +1,150 @@
+r"""What length-grouped batches save in the two training loops of an LD4LG run, from the run's own lengths.
+
+  python -m ldlg.benchmarks.length_grouping --config=configs/e2e.py:cpu --workdir=runs/e2e_cpu \
+      --data_dir=../shared/data --group=50 --out=runs/e2e_cpu/length_grouping.json
+
+For the denoiser (the lengths of <workdir>/latents/<train split>) and the BART pretraining step (the run's own
+tokenizer in <workdir>/autoencoder on the train split's text, with the pretraining corruption), it takes the
+first `--steps` batches in the random order and in the length-grouped order (`group_by_length = --group`), and the
+width each batch pads to (the denoiser: the store's 8-token buckets, as `data.length_bucketed` trains; BART: its
+`pad_multiple`). Then it compiles the train step once per distinct width, random inputs of the run's sizes, and
+times all widths in alternating rounds (medians; every width sees the same drift in the machine's load). Reported
+per loop and order: the mean padded width, the fill (valid positions / padded positions), and the expected
+seconds per step (the mean over its batches of their width's step time); and the ratio grouped / random.
+
+This predicts a stage's compute from measured step times; it leaves out what does not depend on the width (host
+batching, logging, checkpoints). The end-to-end stage times of a real run are in the README.
+"""
+
+import json
+import pathlib
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+from ml_collections import config_flags
+
+from ldlg.benchmarks import speed
+from ldlg.engine.workdir import Workdir
+
+
+def denoiser_widths(store, batch_size: int, seed: int, group: int, steps: int, bucket_size: int = 8) -> dict:
+  """Padded widths and fill of the denoiser's first `steps` batches (group 0 = random batches)."""
+  widths, valid = [], 0
+  for step in range(steps):
+    idx = store.global_batch_indices(step, batch_size, seed, group)
+    widths.append(store.bucket_length(int(store.lengths[idx].max()), bucket_size))
+    valid += int(store.lengths[idx].sum())
+  return {"widths": widths, "fill": valid / (batch_size * sum(widths))}
+
+
+def bart_widths(token_ids, cfg: ml_collections.ConfigDict, tokenizer, group: int, steps: int) -> dict:
+  """Padded widths and fill (clean labels) of BART pretraining's first `steps` batches."""
+  from ldlg.codecs.bart import pretrain  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict(dict(cfg.to_dict(), group_by_length=group))
+  order = pretrain.batch_order(token_ids, cfg)
+  widths, valid = [], 0
+  for step in range(steps):
+    labels = pretrain.make_batch(token_ids, step, cfg, tokenizer, order)["labels"]
+    widths.append(int(labels.shape[1]))
+    valid += int((labels != tokenizer.pad_token_id).sum())
+  return {"widths": widths, "fill": valid / (cfg.batch_size * sum(widths))}
+
+
+def seconds_by_width(make_call, widths, *, rounds: int, calls: int) -> dict[int, float]:
+  """Median seconds per step at each width: every width compiled and warmed first, then timed in rotated rounds."""
+  widths = sorted(set(widths))
+  built = {w: make_call(w) for w in widths}
+  for call in built.values():
+    jax.block_until_ready(call())
+    jax.block_until_ready(call())
+  times = {w: [] for w in widths}
+  for r in range(rounds):
+    for w in widths[r % len(widths):] + widths[:r % len(widths)]:
+      t0 = time.perf_counter()
+      out = None
+      for _ in range(calls):
+        out = built[w]()
+      jax.block_until_ready(out)
+      times[w].append((time.perf_counter() - t0) / calls)
+  return {w: statistics.median(t) for w, t in times.items()}
+
+
+def compare(orders: dict[str, dict], seconds: dict[int, float], num_steps: int) -> dict:
+  """The report of one loop: per order its mean width, fill and expected step time; the grouped / random ratio."""
+  out = {}
+  for name, o in orders.items():
+    expected = float(np.mean([seconds[w] for w in o["widths"]]))
+    out[name] = {"mean_width": float(np.mean(o["widths"])), "fill": o["fill"],
+                 "width_counts": {int(w): int(c) for w, c in zip(*np.unique(o["widths"], return_counts=True))},
+                 "expected_seconds_per_step": expected, "expected_stage_minutes": expected * num_steps / 60}
+  out["ratio_grouped_to_random"] = out["grouped"]["expected_seconds_per_step"] / out["random"]["expected_seconds_per_step"]
+  out["seconds_by_width"] = {int(w): s for w, s in seconds.items()}
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: Workdir, data_dir, *, group: int, steps: int, rounds: int,
+        calls: int, parts=("denoiser", "bart")) -> dict:
+  """Both loops' reports (see the module docstring)."""
+  if group < 1:
+    raise ValueError(f"--group must be >= 1 (batches per length-sorted group), got {group}")
+  result = {"device": str(jax.devices()[0].device_kind), "group": group, "steps": steps, "rounds": rounds}
+  if "denoiser" in parts:
+    from ldlg.codecs.bart import codec as bart_codec  # pylint: disable=import-outside-toplevel
+    store = bart_codec.open_latent_store(config, workdir, config.data.train_split)
+    b = int(config.train.batch_size)
+    orders = {"random": denoiser_widths(store, b, config.seed, 0, steps),
+              "grouped": denoiser_widths(store, b, config.seed, group, steps)}
+    widths = orders["random"]["widths"] + orders["grouped"]["widths"]
+    seconds = seconds_by_width(lambda w: speed.denoiser_train_call(config, w)[0], widths, rounds=rounds, calls=calls)
+    result["denoiser"] = compare(orders, seconds, int(config.train.num_steps))
+  if "bart" in parts:
+    import transformers  # pylint: disable=import-outside-toplevel
+    from ldlg.codecs.bart import stages as bart_stages  # pylint: disable=import-outside-toplevel
+    from ldlg.data.splits import load_texts  # pylint: disable=import-outside-toplevel
+    if not (workdir.autoencoder_dir / "tokenizer.json").exists():
+      raise FileNotFoundError(f"{workdir.autoencoder_dir} has no tokenizer.json: run the pretrain_autoencoder "
+                              "stage first (or pass --parts=denoiser)")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(workdir.autoencoder_dir))
+    ae = config.autoencoder
+    texts = bart_stages.pretraining_texts(config, load_texts(config, data_dir, workdir, config.data.train_split))
+    token_ids = [np.asarray(x, np.int32) for x in tokenizer(texts, truncation=True, max_length=ae.max_length)["input_ids"]]
+    orders = {"random": bart_widths(token_ids, ae, tokenizer, 0, steps),
+              "grouped": bart_widths(token_ids, ae, tokenizer, group, steps)}
+    widths = orders["random"]["widths"] + orders["grouped"]["widths"]
+    seconds = seconds_by_width(lambda w: speed.bart_train_call(config, w)[0], widths, rounds=rounds, calls=calls)
+    result["bart"] = compare(orders, seconds, int(ae.num_steps))
+  return result
+
+
+def _define_flags():
+  config_flags.DEFINE_config_file("config", "configs/e2e.py:cpu", "The run's config (an LD4LG config).")
+  flags.DEFINE_string("workdir", None, "A run with latents (and, for BART, its autoencoder/ tokenizer).",
+                      required=True)
+  flags.DEFINE_string("data_dir", None, "Raw data folder (<dataset>/...); else $LDLG_DATA_DIR.")
+  flags.DEFINE_integer("group", 50, "Batches per length-sorted group.")
+  flags.DEFINE_integer("steps", 300, "Batches of each order whose widths are counted.")
+  flags.DEFINE_integer("rounds", 5, "Timing rounds over all widths.")
+  flags.DEFINE_integer("calls", 3, "Back-to-back steps per width per round.")
+  flags.DEFINE_list("parts", ["denoiser", "bart"], "Loops to measure: denoiser, bart.")
+  flags.DEFINE_string("out", "", "Also write the JSON here.")
+
+
+def main(argv):
+  del argv
+  flags_ = flags.FLAGS
+  result = run(flags_.config, Workdir(pathlib.Path(flags_.workdir)), flags_.data_dir, group=flags_.group,
+               steps=flags_.steps, rounds=flags_.rounds, calls=flags_.calls, parts=tuple(flags_.parts))
+  text = json.dumps(result, indent=2)
+  print(text)
+  if flags_.out:
+    pathlib.Path(flags_.out).write_text(text)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
