@@ -191,6 +191,10 @@ def make_cpu_sized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
       attention_heads=4, ffn_dim=512, num_steps=3000, batch_size=64, learning_rate=1e-3, warmup_steps=200,
       checkpoint_every=500, eval_num_sentences=500)
   config.data.length_bucketed = True
+  # BART pretraining on batches of similar length (groups of 50 batches): on E2E 0.62x the step time of random
+  # batches (benchmarks/length_grouping.py) with the same reconstruction (87.2 % exact vs 87.0 %, 500 validation
+  # sentences). The denoiser's `data.group_by_length` is not yet checked for sample quality, so it stays off.
+  config.autoencoder.group_by_length = 50
   if config.autoencoder.max_decode_length > config.autoencoder.max_position_embeddings:
     # Long texts (ROCStories: 128 tokens) decode up to max_length + 1 tokens, decoder start included: the small
     # BART's learned positions must cover that.
