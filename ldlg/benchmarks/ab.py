@@ -15,7 +15,6 @@ Printed as JSON.
 import ast
 import json
 import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -24,6 +23,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
+from ldlg.benchmarks import roofline
 from ldlg.benchmarks import speed
 
 
@@ -52,7 +52,6 @@ def make_call(config, part: str, length: int, sample_steps: int):
     return call, counter
   from ldlg.methods.gaussian import samplers
   from ldlg.methods.gaussian.method import GaussianDiffusion
-  from ldlg.benchmarks import roofline
   method = GaussianDiffusion.from_config(config)
   params = method.init_params(jax.random.PRNGKey(0))
   counter = roofline.TraceCounter()
@@ -70,19 +69,8 @@ def compare(config, variants, *, part="train", length=32, sample_steps=20, round
   names = ["baseline"] + list(variants)
   built = {name: make_call(config if name == "baseline" else apply_overrides(config, name), part, length,
                            sample_steps) for name in names}
-  for call, _ in built.values():  # Compile and warm every variant before any timing.
-    jax.block_until_ready(call())
-    jax.block_until_ready(call())
-  times = {name: [] for name in names}
-  for r in range(rounds):
-    for name in names[r % len(names):] + names[:r % len(names)]:  # Rotated: no variant always runs first.
-      call = built[name][0]
-      t0 = time.perf_counter()
-      out = None
-      for _ in range(calls):
-        out = call()
-      jax.block_until_ready(out)
-      times[name].append((time.perf_counter() - t0) / calls)
+  times = roofline.interleaved_times({name: call for name, (call, _) in built.items()}, rounds=rounds,
+                                     calls=calls)
   base = times["baseline"]
   return {"part": part, "device": str(jax.devices()[0].device_kind), "rounds": rounds, "calls": calls,
           "variants": {name: {"median_s": statistics.median(times[name]), "min_s": min(times[name]),

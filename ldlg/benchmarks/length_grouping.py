@@ -19,7 +19,6 @@ batching, logging, checkpoints). The end-to-end stage times of a real run are in
 import json
 import pathlib
 import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -28,6 +27,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
+from ldlg.benchmarks import roofline
 from ldlg.benchmarks import speed
 from ldlg.engine.workdir import Workdir
 
@@ -56,21 +56,8 @@ def bart_widths(token_ids, cfg: ml_collections.ConfigDict, tokenizer, group: int
 
 
 def seconds_by_width(make_call, widths, *, rounds: int, calls: int) -> dict[int, float]:
-  """Median seconds per step at each width: every width compiled and warmed first, then timed in rotated rounds."""
-  widths = sorted(set(widths))
-  built = {w: make_call(w) for w in widths}
-  for call in built.values():
-    jax.block_until_ready(call())
-    jax.block_until_ready(call())
-  times = {w: [] for w in widths}
-  for r in range(rounds):
-    for w in widths[r % len(widths):] + widths[:r % len(widths)]:
-      t0 = time.perf_counter()
-      out = None
-      for _ in range(calls):
-        out = built[w]()
-      jax.block_until_ready(out)
-      times[w].append((time.perf_counter() - t0) / calls)
+  """Median seconds per step at each width, the widths timed side by side (`roofline.interleaved_times`)."""
+  times = roofline.interleaved_times({w: make_call(w) for w in sorted(set(widths))}, rounds=rounds, calls=calls)
   return {w: statistics.median(t) for w, t in times.items()}
 
 

@@ -56,6 +56,26 @@ def time_calls(fn: Callable[[], Any], *, repeats: int = 3, calls: int = 1, warmu
   return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
+def interleaved_times(calls_by_name: dict, *, rounds: int, calls: int) -> dict[Any, list[float]]:
+  """Seconds per call of each no-argument call, measured side by side: every call compiled and warmed first,
+  then `rounds` rounds each timing `calls` back-to-back calls of every entry, the order rotated from round to
+  round, so all of them see the same drift in the machine's load. Returns {name: [seconds per call, a round]}."""
+  names = list(calls_by_name)
+  for call in calls_by_name.values():
+    jax.block_until_ready(call())
+    jax.block_until_ready(call())
+  times = {name: [] for name in names}
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:  # Rotated: none always runs first.
+      t0 = time.perf_counter()
+      out = None
+      for _ in range(calls):
+        out = calls_by_name[name]()
+      jax.block_until_ready(out)
+      times[name].append((time.perf_counter() - t0) / calls)
+  return times
+
+
 def first_call_seconds(fn: Callable[[], Any]) -> float:
   """Wall seconds of the first call (tracing, compiling and one run)."""
   t0 = time.perf_counter()
