@@ -161,6 +161,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       class_id=-1,           # -1: balanced over classes (class-conditional); else that class.
       max_redraws=5,         # Empty decodes are re-drawn up to this many rounds (as the paper does).
       checkpoint_step=-1,    # -1 = latest.
+      length_bucket=8,       # LD4LG sampling batches shortest lengths first and runs each batch at the smallest
+                             # multiple of this many positions that holds it (0 = every batch at model.max_len).
   )
 
   config.eval = d(

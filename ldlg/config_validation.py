@@ -333,6 +333,7 @@ def _sample(c: Checker) -> None:
   c.count("sample.num_samples")
   c.count("sample.batch_size")
   c.count("sample.max_redraws", lo=0)
+  c.count("sample.length_bucket", lo=0)
   c.number("sample.checkpoint_step", lo=-1, integer=True, fix="set --config.sample.checkpoint_step to a "
            "saved step, or -1 for the latest")
   c.number("sample.eta", lo=0.0)

@@ -4,7 +4,9 @@ empty outputs re-drawn, and `samples.jsonl` written atomically.
 A method supplies three functions (see `SampleRunner`); the runner owns batching, the per-batch keys, the
 re-draw rounds, the device sharding and the file. Batch `start` of round r uses the key
 `fold_in(fold_in(key(seed), r), start)` and the host generator `default_rng(seed)` in batch order, so the same
-seed and settings give the same texts. The batch is split over devices with pmap; each device is told its
+seed and settings give the same texts. A round's batch is never larger than what it has left to draw (four
+samples, or three empty ones re-drawn, run a batch of four or three, not a padded full batch). The batch is split
+over devices with pmap; each device is told its
 offset in the batch, and a method that draws its noise for the whole batch and slices it (the Gaussian
 samplers do, see ldlg/methods/gaussian/noise.py) gives the same samples on any number of devices.
 """
@@ -26,9 +28,10 @@ from ldlg.engine import parallel
 
 # (params, rng, inputs {name: [b, ...]}, example_offset, global_batch) -> outputs pytree of [b, ...] arrays.
 DeviceFn = Callable[[Any, jax.Array, dict, Any, int], Any]
-# (host generator, batch size, conditions [batch size] or None) -> (inputs {name: [G, ...] host arrays},
-# per-row record fields [G] dicts). Conditions are the per-sample ints given to `SampleRunner.sample` (class ids,
-# or a seq2seq sample's index, from which it knows its source), 0 on the unused rows of a last batch.
+# (host generator, batch size, conditions [batch size, ...] or None) -> (inputs {name: [G, ...] host arrays},
+# per-row record fields [G] dicts). Conditions are the per-sample int rows given to `SampleRunner.sample` (class
+# ids, a seq2seq sample's index, from which it knows its source, or a planned (length, class) row), 0 on the
+# unused rows of a last batch.
 InputsFn = Callable[[np.random.Generator, int, np.ndarray | None], tuple[dict, list[dict]]]
 # (outputs pytree of [G, ...] host arrays, inputs) -> G texts.
 DecodeFn = Callable[[Any, dict], list[str]]
@@ -73,6 +76,7 @@ class SampleRunner:
     devices: devices to shard over (default all local; reduced to a divisor of the batch size).
     batch_seconds: after `sample`, the wall time of each batch it computed (not those read back from a partial
       file), from the sampler's call to its outputs on the host: the first one includes compilation.
+    batch_rows: after `sample`, the rows (the batch size) of each of those batches.
   """
   device_fn: DeviceFn
   make_inputs: InputsFn
@@ -83,12 +87,14 @@ class SampleRunner:
     self._compiled = {}
     self.last_empty_count = 0
     self.batch_seconds: list[float] = []
+    self.batch_rows: list[int] = []
 
-  def seconds_per_row(self, batch_size: int) -> float | None:
-    """The steady sampling time of one row: the mean batch time over `batch_size`, the first batch (compilation)
+  def seconds_per_row(self) -> float | None:
+    """The steady sampling time of one row: the batches' time over their rows, the first batch (compilation)
     left out when there are others; None when `sample` computed no batch (all read back from a partial file)."""
-    timed = self.batch_seconds[1:] or self.batch_seconds
-    return float(np.mean(timed)) / batch_size if timed else None
+    first = 1 if len(self.batch_seconds) > 1 else 0
+    rows = sum(self.batch_rows[first:])
+    return float(sum(self.batch_seconds[first:])) / rows if rows else None
 
   def _pmapped(self, devices: tuple):
     if devices not in self._compiled:
@@ -101,8 +107,9 @@ class SampleRunner:
     return self._compiled[devices]
 
   def sample(self, params: Any, *, num_samples: int, seed: int, batch_size: int,
-             conditions: np.ndarray | None = None, max_redraws: int = 5, progress: bool = False,
-             partial_path: pathlib.Path | None = None, partial_key: str = "") -> list[dict]:
+             conditions: np.ndarray | None = None, order: Sequence[int] | None = None, max_redraws: int = 5,
+             progress: bool = False, partial_path: pathlib.Path | None = None,
+             partial_key: str = "") -> list[dict]:
     """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
 
     With `partial_path`, each finished batch is appended there (one JSON line), and a rerun with the same
@@ -110,9 +117,12 @@ class SampleRunner:
     only their cheap host-side draws, so the result equals an uninterrupted run's. A stop signal ends the run
     after the current batch with `signals.Interrupted`.
 
-    `conditions` [num_samples] int (or None) is each sample's condition, handed to `make_inputs` per batch: the
-    class ids of a class-conditional model, or the sample's own index (`np.arange(num_samples)`) when the inputs
-    depend on which sample a row is (a seq2seq source).
+    `conditions` [num_samples, ...] int (or None) is each sample's condition, handed to `make_inputs` per batch:
+    the class ids of a class-conditional model, the sample's own index (`np.arange(num_samples)`) when the inputs
+    depend on which sample a row is (a seq2seq source), or a planned row (length, class id).
+
+    `order`: a permutation of range(num_samples), the order in which samples are put into batches (default: index
+    order), e.g. shortest first so that a batch's rows have similar lengths. Records stay in index order.
 
     Returns:
       Records {"index", "text", "round" (0 = first draw), **the row's fields from make_inputs}, in index order.
@@ -123,16 +133,18 @@ class SampleRunner:
       raise ValueError(f"num_samples={num_samples}: sample at least one text (--config.sample.num_samples)")
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
-    devices = tuple(usable_devices(batch_size, self.devices))
-    p_sample = self._pmapped(devices)
-    replicated = parallel.replicate(params, devices)
-    n_dev = len(devices)
+    replicated = {}  # The params on each device set a round's batch is split over.
     rng_np = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
+    conditions = None if conditions is None else np.asarray(conditions)
     todo = list(range(num_samples))
+    if order is not None:
+      todo = [int(i) for i in order]
+      if sorted(todo) != list(range(num_samples)):
+        raise ValueError(f"order must be a permutation of range(num_samples={num_samples})")
     results: dict[int, dict] = {}
     empties = 0
-    self.batch_seconds = []
+    self.batch_seconds, self.batch_rows = [], []
     # The stop handler is installed before the partial file appears: a stop signal that comes once the file
     # exists always lets the batch in flight finish and be saved.
     with signals.StopSignal() as stop, contextlib.ExitStack() as files:
@@ -140,23 +152,31 @@ class SampleRunner:
       for round_ in range(max_redraws + 1):
         if not todo:
           break
+        # Never a batch larger than what is left: a few samples (the training job's periodic ones) or a few
+        # re-draws would otherwise pay for a full padded batch.
+        batch = min(batch_size, len(todo))
+        devices = tuple(usable_devices(batch, self.devices))
+        p_sample, n_dev = self._pmapped(devices), len(devices)
+        if devices not in replicated:
+          replicated[devices] = parallel.replicate(params, devices)
         bar = progress_bar(total=len(todo), desc=f"sample (round {round_})", disable=not progress)
-        for start in range(0, len(todo), batch_size):
-          idx = todo[start:start + batch_size]
+        for start in range(0, len(todo), batch):
+          idx = todo[start:start + batch]
           cond = None
           if conditions is not None:
-            cond = np.zeros((batch_size,), np.int32)
+            cond = np.zeros((batch,) + conditions.shape[1:], np.int32)
             cond[:len(idx)] = conditions[idx]
-          inputs, fields = self.make_inputs(rng_np, batch_size, cond)  # Always: it advances the host draws.
+          inputs, fields = self.make_inputs(rng_np, batch, cond)  # Always: it advances the host draws.
           if (round_, start) in done_batches:
             batch_records, batch_empties = done_batches[(round_, start)]
           else:
             batch_key = jax.random.fold_in(jax.random.fold_in(key, round_), start)
             began = time.perf_counter()
-            outputs = p_sample(replicated, batch_key, parallel.shard_batch(inputs, n_dev))
+            outputs = p_sample(replicated[devices], batch_key, parallel.shard_batch(inputs, n_dev))
             outputs = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]),
                                    jax.device_get(outputs))
             self.batch_seconds.append(time.perf_counter() - began)
+            self.batch_rows.append(batch)
             texts = self.decode(outputs, inputs)
             batch_records, batch_empties = [], 0
             for j, i in enumerate(idx):

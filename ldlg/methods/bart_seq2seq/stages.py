@@ -157,7 +157,7 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
                           partial_key=json.dumps({**settings, **origin}, sort_keys=True))
   for record in records:
     record.update(source_index=record["index"], candidate=0, source=sources[record["index"]])
-  seconds_per_source = runner.seconds_per_row(int(config.sample.batch_size))  # One output per source.
+  seconds_per_source = runner.seconds_per_row()  # One output per source.
   sample_runner.write_samples(records, workdir.samples_file,
                               {**settings, "seconds_per_source": seconds_per_source, **origin})
   partial.unlink(missing_ok=True)

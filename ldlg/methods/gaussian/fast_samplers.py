@@ -95,14 +95,15 @@ def affine_coefficients(cs: ct.ContinuousSchedule, kind: str, ts: np.ndarray) ->
 def _make_sample(body: Callable[..., jax.Array]) -> SampleFn:
   """Wraps body(params, z, mask, cond, key, noise) -> x0 in the shared jitted `sample` signature."""
 
-  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
-  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None):
+  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch", "noise_length"))
+  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None, noise_length=None):
     cond = check_sample_args(mask, cond, latent_dim, global_batch)
     shape = mask.shape + (latent_dim,)
     valid = mask[..., None]
 
     def noise(key):
-      return jnp.where(valid, noise_lib.batch_normal(key, shape, example_offset, global_batch), 0.0)
+      return jnp.where(valid, noise_lib.batch_normal(key, shape, example_offset, global_batch,
+                                                     full_length=noise_length), 0.0)
 
     k_init, k_body = jax.random.split(rng)
     z = body(params, noise(k_init), mask, cond, k_body, noise)
@@ -210,8 +211,9 @@ def make_continuous_sampler(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.
     source_conditioned: the model reads a source (guidance then contrasts it with the null source).
 
   Returns:
-    sample(params, rng, mask, cond=None, latent_dim=D, example_offset=0, global_batch=None) -> x0 [B, L, D]
-    (or (x0, nfe)), jitted with latent_dim and global_batch static; x0 is 0 at padded positions.
+    sample(params, rng, mask, cond=None, latent_dim=D, example_offset=0, global_batch=None, noise_length=None)
+    -> x0 [B, L, D] (or (x0, nfe)), jitted with latent_dim, global_batch and noise_length static (see
+    `samplers.make_sampler`); x0 is 0 at padded positions.
   """
   if kind not in CONTINUOUS_SAMPLERS:
     raise ValueError(f"unknown continuous sampler kind {kind!r}; choose one of {CONTINUOUS_SAMPLERS}")

@@ -109,4 +109,5 @@ class GaussianDiffusion(base.Method):
         self.denoise_fn, self.schedule, sample_config or self.config.sample, self.config.diffusion,
         num_classes=self.num_classes, source_conditioned=self.source_conditioned,
         return_trajectory_at=return_trajectory_at)
-    return functools.partial(sample, latent_dim=self.latent_dim)
+    # Noise at the model's full length, cut to the mask's width: a batch cut to a length bucket samples the same.
+    return functools.partial(sample, latent_dim=self.latent_dim, noise_length=self.config.model.max_len)

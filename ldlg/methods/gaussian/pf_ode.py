@@ -118,20 +118,22 @@ def make_ode_sampler(x0_fn: Callable[..., jax.Array], cs: ct.ContinuousSchedule,
     rtol, atol, solver, max_steps: as in `solve`.
 
   Returns:
-    sample(params, rng, mask, cond=None, latent_dim=D, example_offset=0, global_batch=None)
-    -> (x0 [B, L, D], nfe [B] int32 network calls), jitted with latent_dim and global_batch static.
+    sample(params, rng, mask, cond=None, latent_dim=D, example_offset=0, global_batch=None, noise_length=None)
+    -> (x0 [B, L, D], nfe [B] int32 network calls), jitted with latent_dim, global_batch and noise_length static
+    (see `samplers.make_sampler`).
   """
   t_min = 1.0 / cs.num_timesteps if t_min is None else float(t_min)
   ode = make_pf_ode_solver(x0_fn, cs, self_condition=self_condition, rtol=rtol, atol=atol, solver=solver,
                            max_steps=max_steps)
   final = two_pass_x0(x0_fn, self_condition)
 
-  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
-  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None):
+  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch", "noise_length"))
+  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None, noise_length=None):
     cond = check_sample_args(mask, cond, latent_dim, global_batch)
     shape = mask.shape + (latent_dim,)
     k_init, k_net = jax.random.split(rng)
-    z = jnp.where(mask[..., None], noise_lib.batch_normal(k_init, shape, example_offset, global_batch), 0.0)
+    z = jnp.where(mask[..., None], noise_lib.batch_normal(k_init, shape, example_offset, global_batch,
+                                                          full_length=noise_length), 0.0)
     z, nfe = ode(params, z, mask, 1.0, t_min, cond, k_net)
     x0 = final(params, z, jnp.float32(t_min), mask, cond, k_net)
     return jnp.where(mask[..., None], x0, 0.0), nfe + (2 if self_condition else 1)

@@ -160,6 +160,8 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
       example_offset, global_batch: this call's rows are rows example_offset.. of a global batch of
         global_batch (static) drawn as one: a batch sharded over devices samples exactly what one call on the
         whole batch would (see noise.batch_normal); defaults: the call is the whole batch;
+      noise_length: (static) the model's full length when mask is cut to a shorter length bucket: noise is
+        drawn at that length and cut, so a row samples the same at any bucket width; None = mask's width;
       x0: [B, L, D] float32 samples, 0 at padded positions;
       trajectory: [K, B, L, D] x̂0 at the requested steps, in the order given.
   """
@@ -191,13 +193,13 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
       x0 = jnp.clip(x0, -clip_x0, clip_x0)
     return jnp.where(mask[..., None], x0, 0.0)
 
-  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch"))
-  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None):
+  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch", "noise_length"))
+  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None, noise_length=None):
     cond = check_sample_args(mask, cond, latent_dim, global_batch)
     shape = mask.shape + (latent_dim,)
     valid = mask[..., None]
     k_init, k_steps, k_net = jax.random.split(rng, 3)
-    z = jnp.where(valid, batch_normal(k_init, shape, example_offset, global_batch), 0.0)
+    z = jnp.where(valid, batch_normal(k_init, shape, example_offset, global_batch, full_length=noise_length), 0.0)
     traj = jnp.zeros((len(traj_steps),) + shape, jnp.float32)
 
     def step(carry, x):
@@ -205,7 +207,7 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
       x0 = x0_estimate(params, z, x["t"], mask, estimate, x["step"] > 0, cond, x["alpha_bar"],
                        jax.random.fold_in(k_net, x["step"]))
       noise = jnp.where(valid, batch_normal(jax.random.fold_in(k_steps, x["step"]), shape, example_offset,
-                                            global_batch), 0.0)
+                                            global_batch, full_length=noise_length), 0.0)
       z = x["a"] * x0 + x["b"] * z + x["sigma"] * noise
       if traj_steps.size:
         hit = jnp.asarray(traj_steps) == x["step"]

@@ -27,6 +27,11 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian.method import GaussianDiffusion
 
 
+# The host generator stream of a length-grouped sample's lengths: default_rng([seed, _LENGTH_STREAM]), apart from
+# the runner's own default_rng(seed).
+_LENGTH_STREAM = 1
+
+
 def full_target(config: ml_collections.ConfigDict, abstract_params: Any) -> dict:
   """The abstract saved train state (optimizer state included) to restore a checkpoint into."""
   from ldlg.engine import train_state as train_state_lib
@@ -96,35 +101,63 @@ class TextSampler:
 
   def __post_init__(self):
     sample_fn = self.method.make_sampler(self.config.sample)
+    self.trace_count = 0  # Traces of the sampler: one per (batch, length bucket) shape (tests check this).
 
     def device_fn(params, rng, inputs, example_offset, global_batch):
+      self.trace_count += 1
       return sample_fn(params, rng, inputs["mask"], inputs.get("class_id"), example_offset=example_offset,
                        global_batch=global_batch)
 
     self._runner = sample_runner.SampleRunner(device_fn, self.make_inputs, self.decode_latents)
 
-  def make_inputs(self, rng_np: np.random.Generator, batch_size: int, class_ids):
-    """The runner's inputs for one batch: "mask" [G, max_len] from lengths drawn from the training histogram, and
-    "class_id" [G] when class_ids is given; with the per-row record fields (length, class_id)."""
-    lengths = rng_np.choice(len(self.length_probs), size=batch_size, p=self.length_probs)
-    return self.inputs_for_lengths(lengths, class_ids)
+  @property
+  def length_bucket(self) -> int:
+    """`config.sample.length_bucket`: 0 = every batch at model.max_len (configs saved before the field: 0)."""
+    return int(self.config.sample.get("length_bucket", 0))
 
-  def inputs_for_lengths(self, lengths: np.ndarray, class_ids=None):
-    """make_inputs at given lengths [G] (clipped to [1, max_len]), e.g. drawn given a source."""
+  def make_inputs(self, rng_np: np.random.Generator, batch_size: int, conditions):
+    """The runner's inputs for one batch, with the per-row record fields (length, class_id).
+
+    conditions: None or [G] class ids: lengths are drawn here from the training histogram and the mask is
+      [G, max_len]; or [G, 2] planned rows (length, class id or -1) of a length-grouped `sample`: the mask is
+      cut to the batch's length bucket. Adds "class_id" [G] when the model is class-conditional.
+    """
+    if conditions is not None and np.ndim(conditions) == 2:
+      class_ids = conditions[:, 1] if self.method.num_classes else None
+      return self.inputs_for_lengths(conditions[:, 0], class_ids, bucket=self.length_bucket)
+    lengths = rng_np.choice(len(self.length_probs), size=batch_size, p=self.length_probs)
+    return self.inputs_for_lengths(lengths, conditions)
+
+  def inputs_for_lengths(self, lengths: np.ndarray, class_ids=None, *, bucket: int = 0):
+    """make_inputs at given lengths [G] (clipped to [1, max_len]), e.g. drawn given a source.
+
+    bucket > 0: the mask is [G, W], W the smallest multiple of `bucket` that holds the longest row (at most
+    max_len), and the sampler runs at that width; 0: W = max_len.
+    """
     max_len = self.config.model.max_len
     lengths = np.clip(np.asarray(lengths), 1, max_len)
-    inputs = {"mask": np.arange(max_len)[None, :] < lengths[:, None]}
+    width = min(max_len, -(-int(lengths.max()) // bucket) * bucket) if bucket else max_len
+    inputs = {"mask": np.arange(width)[None, :] < lengths[:, None]}
     fields = [{"length": int(n)} for n in lengths]
     if class_ids is not None:
-      inputs["class_id"] = class_ids
+      inputs["class_id"] = np.asarray(class_ids, np.int32)
       for f, c in zip(fields, class_ids):
         f["class_id"] = int(c)
     return inputs, fields
 
   def decode_latents(self, x0, inputs) -> list[str]:
-    """x0 [G, L, d] normalized latents (the sampler's output) -> G texts, decoded at inputs["mask"]."""
+    """x0 [G, W, d] normalized latents (the sampler's output) -> G texts, decoded at inputs["mask"] [G, W].
+
+    A batch cut to a length bucket (W < max_len) is padded back to max_len first: the padded positions are
+    masked out of the decoder's cross-attention, and the beam search then compiles once, not once per bucket.
+    """
     latents = np.asarray(x0, np.float32) * self.std + self.mean  # Un-normalize before decoding.
-    return self.codec.decode(latents, inputs["mask"])
+    mask = np.asarray(inputs["mask"], bool)
+    pad = self.config.model.max_len - latents.shape[1]
+    if pad > 0:
+      latents = np.pad(latents, ((0, 0), (0, pad), (0, 0)))
+      mask = np.pad(mask, ((0, 0), (0, pad)))
+    return self.codec.decode(latents, mask)
 
   @property
   def last_empty_count(self) -> int:
@@ -176,11 +209,25 @@ class TextSampler:
              batch_size: int | None = None, progress: bool = False, **resume) -> list[dict]:
     """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
 
-    Same params, seed and settings give the same texts. Returns records with index, text, length, class_id
-    (class-conditional models) and round (0 = first draw). `resume`: partial_path and partial_key of
-    `SampleRunner.sample` (progress kept across interruptions).
+    Same params, seed and settings give the same texts. With `config.sample.length_bucket` > 0 (the default, 8)
+    all lengths are drawn first, batches are filled shortest first and each runs at its length bucket (one
+    compiled sampler per bucket); every row then samples what it would at the full width. Returns records in
+    index order with index, text, length, class_id (class-conditional models) and round (0 = first draw).
+    `resume`: partial_path and partial_key of `SampleRunner.sample` (progress kept across interruptions).
     """
     class_ids = sample_runner.resolve_class_ids(self.method.num_classes, num_samples, class_id)
-    return self._runner.sample(params, num_samples=num_samples, seed=seed,
-                               batch_size=batch_size or self.config.sample.batch_size, conditions=class_ids,
+    batch_size = batch_size or self.config.sample.batch_size
+    if not self.length_bucket:
+      return self._runner.sample(params, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                                 conditions=class_ids, max_redraws=self.config.sample.max_redraws,
+                                 progress=progress, **resume)
+    # Length-grouped: every sample's length is drawn first (i.i.d. from the histogram, as per batch), the samples
+    # are batched shortest first, and each batch runs at its own length bucket. A row samples what it would at
+    # the full width (the noise is drawn at max_len and cut); only which rows share a batch changes. Re-draws of
+    # empty decodes keep their planned length.
+    lengths = np.random.default_rng([seed, _LENGTH_STREAM]).choice(len(self.length_probs), size=num_samples,
+                                                                   p=self.length_probs)
+    plan = np.stack([lengths, class_ids if class_ids is not None else np.full(num_samples, -1)], 1)
+    return self._runner.sample(params, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                               conditions=plan.astype(np.int32), order=np.argsort(lengths, kind="stable"),
                                max_redraws=self.config.sample.max_redraws, progress=progress, **resume)

@@ -167,7 +167,7 @@ def sample_candidates(runner: sample_runner.SampleRunner, params, config, workdi
     source_index, candidate = divmod(record["index"], num_candidates)
     record.update(source_index=source_index, candidate=candidate, source=sources[source_index])
   # The sampler's own time per source (the network's steps and the decoding, not detokenizing): all its candidates.
-  per_row = runner.seconds_per_row(int(sc.batch_size))
+  per_row = runner.seconds_per_row()
   seconds_per_source = per_row * num_candidates if per_row is not None else None
   sample_runner.write_samples(records, workdir.samples_file, {**settings, "num_candidates": num_candidates,
                                                              "seconds_per_source": seconds_per_source, **origin})
