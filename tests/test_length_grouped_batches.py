@@ -87,7 +87,7 @@ def test_length_grouping_benchmark_on_a_tiny_run(tiny_cli_run, data_dir, tmp_pat
   shutil.copytree(tiny_cli_run, tmp_path / "run", symlinks=True)
   epoch = 256 // config.train.batch_size
   result = length_grouping.run(config, Workdir(tmp_path / "run"), data_dir, group=4, steps=epoch, rounds=1,
-                               calls=1)
+                               calls=1, parts=("denoiser", "bart", "sampler"), sample_steps=2)
   json.dumps(result)
   den = result["denoiser"]
   assert den["grouped"]["mean_width"] <= den["random"]["mean_width"]
@@ -100,5 +100,12 @@ def test_length_grouping_benchmark_on_a_tiny_run(tiny_cli_run, data_dir, tmp_pat
       assert r[order]["expected_seconds_per_step"] > 0
     assert r["ratio_grouped_to_random"] > 0
   assert all(w % config.autoencoder.pad_multiple == 0 for w in result["bart"]["seconds_by_width"])
+  # The sample stage: every batch at model.max_len, against sorted lengths in 8-position buckets.
+  smp, batches = result["sampler"], config.sample.num_samples // config.sample.batch_size
+  assert smp["random"]["width_counts"] == {config.model.max_len: batches}
+  assert sum(smp["grouped"]["width_counts"].values()) == batches
+  assert all(w % 8 == 0 or w == config.model.max_len for w in smp["grouped"]["width_counts"])
+  assert smp["grouped"]["mean_width"] <= smp["random"]["mean_width"]
+  assert 0 < smp["random"]["fill"] <= smp["grouped"]["fill"] <= 1 and smp["ratio_grouped_to_random"] > 0
   with pytest.raises(ValueError, match="--group must be >= 1"):
     length_grouping.run(config, Workdir(tmp_path / "run"), data_dir, group=0, steps=2, rounds=1, calls=1)

@@ -12,8 +12,13 @@ times all widths in alternating rounds (medians; every width sees the same drift
 per loop and order: the mean padded width, the fill (valid positions / padded positions), and the expected
 seconds per step (the mean over its batches of their width's step time); and the ratio grouped / random.
 
+The `sampler` part does the same for the sample stage: `sample.num_samples` lengths planned from the run's length
+histogram (its train latents' lengths), in batches of `sample.batch_size`, every batch at model.max_len
+(`sample.length_bucket = 0`) against the lengths sorted and each batch cut to its `--sample_bucket` bucket; the
+run's sampler timed at each width for `--sample_steps` steps (the time per step does not depend on how many).
+
 This predicts a stage's compute from measured step times; it leaves out what does not depend on the width (host
-batching, logging, checkpoints). The end-to-end stage times of a real run are in the README.
+batching, logging, checkpoints, decoding). The end-to-end stage times of a real run are in the README.
 """
 
 import json
@@ -55,6 +60,32 @@ def bart_widths(token_ids, cfg: ml_collections.ConfigDict, tokenizer, group: int
   return {"widths": widths, "fill": valid / (cfg.batch_size * sum(widths))}
 
 
+def sampler_widths(lengths: np.ndarray, *, num_samples: int, batch_size: int, max_len: int, bucket: int,
+                   seed: int) -> dict:
+  """Widths and fill of the sample stage's batches: lengths drawn as the run's training lengths are distributed;
+  bucket 0 = every batch at max_len, else sorted and cut to the bucket (as `TextSampler.sample`)."""
+  counts = np.bincount(np.clip(lengths, 1, max_len), minlength=max_len + 1)
+  planned = np.random.default_rng(seed).choice(max_len + 1, size=num_samples, p=counts / counts.sum())
+  if bucket:
+    planned = np.sort(planned)
+  batches = [planned[i:i + batch_size] for i in range(0, num_samples, batch_size)]
+  widths = [min(max_len, -(-int(b.max()) // bucket) * bucket) if bucket else max_len for b in batches]
+  return {"widths": widths, "fill": float(planned.sum()) / sum(len(b) * w for b, w in zip(batches, widths))}
+
+
+def sampler_call(config: ml_collections.ConfigDict, width: int, *, batch_size: int, num_steps: int):
+  """A zero-argument call of the run's sampler (fresh weights) on one batch at `width` positions."""
+  from ldlg.methods.gaussian.method import GaussianDiffusion  # pylint: disable=import-outside-toplevel
+  method = GaussianDiffusion.from_config(config)
+  params = method.init_params(jax.random.PRNGKey(0))
+  sample = method.make_sampler(ml_collections.ConfigDict(dict(config.sample.to_dict(), num_steps=num_steps)))
+  mask = np.arange(width)[None] < np.random.default_rng(0).integers(1, width + 1, size=(batch_size, 1))
+  classes = np.zeros((batch_size,), np.int32) if method.num_classes else None
+  call = lambda: jax.block_until_ready(sample(params, jax.random.PRNGKey(0), mask, classes))
+  call()  # Compile outside the timing.
+  return call
+
+
 def seconds_by_width(make_call, widths, *, rounds: int, calls: int) -> dict[int, float]:
   """Median seconds per step at each width, the widths timed side by side (`roofline.interleaved_times`)."""
   times = roofline.interleaved_times({w: make_call(w) for w in sorted(set(widths))}, rounds=rounds, calls=calls)
@@ -62,7 +93,10 @@ def seconds_by_width(make_call, widths, *, rounds: int, calls: int) -> dict[int,
 
 
 def compare(orders: dict[str, dict], seconds: dict[int, float], num_steps: int) -> dict:
-  """The report of one loop: per order its mean width, fill and expected step time; the grouped / random ratio."""
+  """The report of one loop: per order its mean width, fill and expected step time; the grouped / random ratio.
+
+  num_steps: the stage's calls (train steps, or sample batches × sampler steps over the timed steps).
+  """
   out = {}
   for name, o in orders.items():
     expected = float(np.mean([seconds[w] for w in o["widths"]]))
@@ -75,11 +109,27 @@ def compare(orders: dict[str, dict], seconds: dict[int, float], num_steps: int) 
 
 
 def run(config: ml_collections.ConfigDict, workdir: Workdir, data_dir, *, group: int, steps: int, rounds: int,
-        calls: int, parts=("denoiser", "bart")) -> dict:
-  """Both loops' reports (see the module docstring)."""
+        calls: int, parts=("denoiser", "bart"), sample_steps: int = 10, sample_bucket: int = 8) -> dict:
+  """The loops' reports (see the module docstring); the sampler's "random" is every batch at model.max_len, its
+  "grouped" the sorted, bucketed batches."""
   if group < 1:
     raise ValueError(f"--group must be >= 1 (batches per length-sorted group), got {group}")
+  if sample_bucket < 1:
+    raise ValueError(f"--sample_bucket must be >= 1 (positions per sampling length bucket), got {sample_bucket}")
   result = {"device": str(jax.devices()[0].device_kind), "group": group, "steps": steps, "rounds": rounds}
+  if "sampler" in parts:
+    from ldlg.codecs.bart import codec as bart_codec  # pylint: disable=import-outside-toplevel
+    store = bart_codec.open_latent_store(config, workdir, config.data.train_split)
+    sc, max_len = config.sample, int(config.model.max_len)
+    plan = dict(num_samples=int(sc.num_samples), batch_size=int(sc.batch_size), max_len=max_len, seed=int(sc.seed))
+    orders = {"random": sampler_widths(store.lengths, bucket=0, **plan),
+              "grouped": sampler_widths(store.lengths, bucket=sample_bucket, **plan)}
+    widths = orders["random"]["widths"] + orders["grouped"]["widths"]
+    seconds = seconds_by_width(lambda w: sampler_call(config, w, batch_size=int(sc.batch_size),
+                                                      num_steps=sample_steps), widths, rounds=rounds, calls=calls)
+    batches = len(orders["random"]["widths"])
+    result["sampler"] = compare(orders, seconds, batches * int(sc.num_steps) / sample_steps)
+    result["sampler"].update(bucket=sample_bucket, timed_steps=sample_steps)
   if "denoiser" in parts:
     from ldlg.codecs.bart import codec as bart_codec  # pylint: disable=import-outside-toplevel
     store = bart_codec.open_latent_store(config, workdir, config.data.train_split)
@@ -117,7 +167,9 @@ def _define_flags():
   flags.DEFINE_integer("steps", 300, "Batches of each order whose widths are counted.")
   flags.DEFINE_integer("rounds", 5, "Timing rounds over all widths.")
   flags.DEFINE_integer("calls", 3, "Back-to-back steps per width per round.")
-  flags.DEFINE_list("parts", ["denoiser", "bart"], "Loops to measure: denoiser, bart.")
+  flags.DEFINE_list("parts", ["denoiser", "bart"], "Loops to measure: denoiser, bart, sampler.")
+  flags.DEFINE_integer("sample_steps", 10, "Sampler steps per timed call (sampler part).")
+  flags.DEFINE_integer("sample_bucket", 8, "Positions per sampling length bucket (sampler part).")
   flags.DEFINE_string("out", "", "Also write the JSON here.")
 
 
@@ -125,7 +177,8 @@ def main(argv):
   del argv
   flags_ = flags.FLAGS
   result = run(flags_.config, Workdir(pathlib.Path(flags_.workdir)), flags_.data_dir, group=flags_.group,
-               steps=flags_.steps, rounds=flags_.rounds, calls=flags_.calls, parts=tuple(flags_.parts))
+               steps=flags_.steps, rounds=flags_.rounds, calls=flags_.calls, parts=tuple(flags_.parts),
+               sample_steps=flags_.sample_steps, sample_bucket=flags_.sample_bucket)
   text = json.dumps(result, indent=2)
   print(text)
   if flags_.out:
