@@ -23,4 +23,10 @@ def get_config(arg: str | None = None):
   config.data.eval_split = "validation"
   config.model.max_len = config.data.get_ref("max_length")
   config.model.num_classes = datasets.DATASETS["e2e"].num_classes  # 0: unconditional
-  return default.apply_variant(config, arg, "e2e")
+  config = default.apply_variant(config, arg, "e2e")
+  if arg == "cpu":
+    # 50 DDIM steps, not the paper's 250: on two E2E main-job models DDIM-50 matched DDIM-250's judge perplexity
+    # (17.3 +- 0.6 vs 17.2 +- 1.5, and 17.2 vs 17.6) and MAUVE at a fifth of the sampler's time (README, "Samplers:
+    # quality against network evaluations"). Other datasets' :cpu variants keep 250 until measured there.
+    config.sample.num_steps = 50
+  return config
