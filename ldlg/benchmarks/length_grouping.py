@@ -34,6 +34,7 @@ from ml_collections import config_flags
 
 from ldlg.benchmarks import roofline
 from ldlg.benchmarks import speed
+from ldlg.data import batching
 from ldlg.engine.workdir import Workdir
 
 
@@ -69,7 +70,7 @@ def sampler_widths(lengths: np.ndarray, *, num_samples: int, batch_size: int, ma
   if bucket:
     planned = np.sort(planned)
   batches = [planned[i:i + batch_size] for i in range(0, num_samples, batch_size)]
-  widths = [min(max_len, -(-int(b.max()) // bucket) * bucket) if bucket else max_len for b in batches]
+  widths = [batching.pad_width(int(b.max()), bucket, max_len) if bucket else max_len for b in batches]
   return {"widths": widths, "fill": float(planned.sum()) / sum(len(b) * w for b, w in zip(batches, widths))}
 
 

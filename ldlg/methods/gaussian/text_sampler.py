@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from ldlg import codecs
+from ldlg.data import batching
 from ldlg.engine import checkpoints
 from ldlg.engine import sample_runner
 from ldlg.engine.workdir import Workdir
@@ -136,7 +137,7 @@ class TextSampler:
     """
     max_len = self.config.model.max_len
     lengths = np.clip(np.asarray(lengths), 1, max_len)
-    width = min(max_len, -(-int(lengths.max()) // bucket) * bucket) if bucket else max_len
+    width = batching.pad_width(int(lengths.max()), bucket, max_len) if bucket else max_len
     inputs = {"mask": np.arange(width)[None, :] < lengths[:, None]}
     fields = [{"length": int(n)} for n in lengths]
     if class_ids is not None:
