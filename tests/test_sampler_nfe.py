@@ -34,6 +34,10 @@ def test_compare_flags_a_difference_beyond_the_reference_noise():
   assert result["mauve"]["within_noise"] and result["mauve"]["difference"] == pytest.approx(-0.04)
   assert not result["perplexity"]["within_noise"]
   assert sampler_nfe.compare([ref]) is None
+  # The SDE form is compared the same way when asked for by name.
+  sde = dict(fast, sampler="dpm_solver_pp_2m_sde", perplexity={"mean": 10.5, "std": 1.0})
+  result = sampler_nfe.compare([ref, fast, sde], fast_sampler="dpm_solver_pp_2m_sde")
+  assert result["fast"] == "dpm_solver_pp_2m_sde@25" and result["perplexity"]["within_noise"]
 
 
 @pytest.mark.slow

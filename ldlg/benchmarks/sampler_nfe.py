@@ -17,7 +17,7 @@ over the median call. `text_seconds` is the wall time of sampling and decoding t
 included), for scale. `retraces` counts network traces after the first call of the timed sampler (0 = one compiled
 program per point).
 
-NFE per sampler: DDIM and DPM-Solver++(2M) and Euler–Maruyama make one network call per step; predictor–corrector
+NFE per sampler: DDIM, DPM-Solver++(2M) in either form and Euler–Maruyama make one network call per step; predictor–corrector
 makes (1 + corrector steps) per grid time, so its NFE must be a multiple of that (others are skipped, with a
 warning); the adaptive ODE solver (`ode_adaptive`) picks its own steps: it is one point per `--ode_tolerances`
 entry, at the NFE it measured (diffrax's count, mean over the batch).
@@ -25,7 +25,8 @@ entry, at the NFE it measured (diffrax's count, mean over the batch).
 Output (`--out` folder): `rows.jsonl` (one line per finished point, reused when the command is re-run with the
 same settings, so an interrupted benchmark loses at most one point; the report shows every finished point of
 these settings, so later runs with other samplers or NFEs add to it), `sampler_nfe.json` (every row, plus the
-comparison of DPM-Solver++ at `--fast_nfe` with DDIM at `--reference_nfe`, and a control: as many human training
+comparison of DPM-Solver++ at `--fast_nfe` with DDIM at `--reference_nfe`, for the ODE form and the SDE form
+(`comparisons`), and a control: as many human training
 sentences scored the same way), and `sampler_nfe.png`.
 """
 
@@ -54,7 +55,8 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian import samplers as samplers_lib
 
 SAMPLERS = ("ddim",) + tuple(samplers_lib.CONTINUOUS_SAMPLERS)
-DEFAULT_SAMPLERS = ("ddim", "dpm_solver_pp_2m", "sde_euler", "pc", "ode_adaptive")
+DEFAULT_SAMPLERS = ("ddim", "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "sde_euler", "pc", "ode_adaptive")
+FAST_SAMPLERS = ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde")  # each compared at --fast_nfe with DDIM at --reference_nfe
 
 
 def plan(samplers: Sequence[str], nfes: Sequence[int], *, corrector_steps: int = 1,
@@ -215,21 +217,25 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
   report = {"device": jax.devices()[0].device_kind, "workdir": str(wd.root), "batch_size": len(timing_mask),
             **settings, "rows": [{k: v for k, v in r.items() if k != "key"} for r in rows],
             "human_train_text": {k: control[k] for k in ("mauve", "perplexity", "diversity") if k in control},
-            "comparison": compare(rows, reference_nfe=reference_nfe, fast_nfe=fast_nfe)}
+            "comparison": compare(rows, reference_nfe=reference_nfe, fast_nfe=fast_nfe),
+            "comparisons": {name: compare(rows, reference_nfe=reference_nfe, fast_nfe=fast_nfe, fast_sampler=name)
+                            for name in FAST_SAMPLERS}}
   evaluate_lib.save_metrics(report, out / "sampler_nfe.json")
   report["plots"] = plot(report, out)
   return report
 
 
-def compare(rows: Sequence[dict], *, reference_nfe: int = 250, fast_nfe: int = 25) -> dict[str, Any] | None:
-  """DPM-Solver++ at `fast_nfe` against DDIM at `reference_nfe`: the difference of each metric's mean and DDIM's
-  run-to-run noise (the std over its draws). `within_noise`: |difference| <= that std. None when a row is missing.
+def compare(rows: Sequence[dict], *, reference_nfe: int = 250, fast_nfe: int = 25,
+            fast_sampler: str = "dpm_solver_pp_2m") -> dict[str, Any] | None:
+  """`fast_sampler` (a DPM-Solver++ form) at `fast_nfe` against DDIM at `reference_nfe`: the difference of each
+  metric's mean and DDIM's run-to-run noise (the std over its draws). `within_noise`: |difference| <= that std.
+  None when a row is missing.
   """
   find = lambda name, nfe: next((r for r in rows if r["sampler"] == name and r["nfe"] == nfe), None)
-  ref, fast = find("ddim", reference_nfe), find("dpm_solver_pp_2m", fast_nfe)
+  ref, fast = find("ddim", reference_nfe), find(fast_sampler, fast_nfe)
   if ref is None or fast is None:
     return None
-  result = {"reference": f"ddim@{reference_nfe}", "fast": f"dpm_solver_pp_2m@{fast_nfe}",
+  result = {"reference": f"ddim@{reference_nfe}", "fast": f"{fast_sampler}@{fast_nfe}",
             "speedup_latent_sampler": fast["latent_samples_per_s"] / ref["latent_samples_per_s"]}
   for metric in ("mauve", "perplexity", "diversity"):
     if ref.get(metric) and fast.get(metric):
@@ -308,7 +314,7 @@ def main(argv):
                nfes=[int(n) for n in f.nfe], num_draws=f.num_draws, draw_size=f.draw_size, repeats=f.repeats,
                corrector_steps=f.corrector_steps, ode_tolerances=[float(t) for t in f.ode_tolerances],
                seed=f.seed, out_dir=f.out or None, reference_nfe=f.reference_nfe, fast_nfe=f.fast_nfe)
-  print(json.dumps({"comparison": report["comparison"], "plots": report["plots"]}, indent=2))
+  print(json.dumps({"comparisons": report["comparisons"], "plots": report["plots"]}, indent=2))
 
 
 if __name__ == "__main__":

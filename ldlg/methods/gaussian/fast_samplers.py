@@ -11,6 +11,11 @@ is the sample, as in DDIM (the final "denoising" step of Song et al.). With α =
   "lower_order_final"): it is the longest step in λ on time-uniform grids, where r is small and the 2M
   extrapolation overshoots (with the Gaussian oracle at 10 steps it doubled the sample variance); the final
   step to t = 0 returns x̂0.
+- SDE-DPM-Solver++(2M) (Lu et al. 2022, the solver of the reverse diffusion SDE in data prediction; diffusers'
+  `algorithm_type="sde-dpmsolver++"`): the same D_i, with fresh noise each step,
+    z ← (σ_{i+1}/σ_i) e^{-h_i} z + α_{i+1} (1 - e^{-2h_i}) D_i + σ_{i+1} sqrt(1 - e^{-2h_i}) ε.
+  Its first-order form is DDIM with η = 1 (the DDPM posterior q(z_{i+1} | z_i, x̂0)), the project's default
+  sampler, so it is the second-order version of what LD4LG samples with; first-order first and last steps as above.
 - Reverse-SDE Euler–Maruyama for dz = [-½β z - β ∇log p_t(z)] dt + sqrt(β) dw̄ with ∇log p_t(z) =
   -(z - α x̂0)/σ²: z ← z + (½β z + β ∇log p) Δ + sqrt(βΔ) ε, Δ = t_i - t_{i+1}. Needs hundreds of steps
   (the drift is stiff where σ² is small).
@@ -19,7 +24,7 @@ is the sample, as in DDIM (the final "denoising" step of Song et al.). With α =
   valid entries, so the result does not depend on the batch), then the reverse-diffusion predictor of the
   forward transition t_{i+1} → t_i with β_s = 1 - ᾱ(t_i)/ᾱ(t_{i+1}):
     z ← (2 - sqrt(1 - β_s)) z + β_s ∇log p + sqrt(β_s) ε.
-DPM-Solver++ and Euler–Maruyama are affine in (x̂0_i, x̂0_{i-1}, z, ε) with coefficients precomputed in float64
+Both DPM-Solver++ variants and Euler–Maruyama are affine in (x̂0_i, x̂0_{i-1}, z, ε) with coefficients precomputed in float64
 (`affine_coefficients`): z ← a x̂0_i + c x̂0_{i-1} + b z + σ ε.
 
 Every sampler has `samplers.make_sampler`'s call signature, is one `lax.scan` inside `jax.jit` (one trace per
@@ -43,7 +48,8 @@ from ldlg.methods.gaussian.estimator import check_sample_args, make_x0_estimator
 from ldlg.methods.gaussian.schedules import Schedule
 
 from ldlg.methods.gaussian.samplers import CONTINUOUS_SAMPLERS  # noqa: E402  (one list of names)
-DEFAULT_SPACING = {"dpm_solver_pp_2m": "logsnr_uniform", "sde_euler": "time_uniform", "pc": "time_uniform"}
+DEFAULT_SPACING = {"dpm_solver_pp_2m": "logsnr_uniform", "dpm_solver_pp_2m_sde": "logsnr_uniform",
+                   "sde_euler": "time_uniform", "pc": "time_uniform"}
 SampleFn = Callable[..., Any]
 
 
@@ -57,7 +63,7 @@ def affine_coefficients(cs: ct.ContinuousSchedule, kind: str, ts: np.ndarray) ->
 
   Args:
     cs: the continuous schedule.
-    kind: "dpm_solver_pp_2m" or "sde_euler".
+    kind: "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde" or "sde_euler".
     ts: [N] decreasing evaluation times.
 
   Returns:
@@ -67,18 +73,22 @@ def affine_coefficients(cs: ct.ContinuousSchedule, kind: str, ts: np.ndarray) ->
   alpha, sig = np.sqrt(ab), np.sqrt(1.0 - ab)
   n = len(ts)
   a, b, c, sigma = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
-  if kind == "dpm_solver_pp_2m":
+  if kind in ("dpm_solver_pp_2m", "dpm_solver_pp_2m_sde"):
+    sde = kind == "dpm_solver_pp_2m_sde"
     lam = np.log(alpha) - np.log(sig)
     h = np.diff(lam)
     for i in range(n - 1):
-      e = np.expm1(-h[i])
-      b[i] = sig[i + 1] / sig[i]
+      # gain: the weight of D_i; ODE α_{i+1} (1 - e^{-h}), SDE α_{i+1} (1 - e^{-2h}).
+      gain = -alpha[i + 1] * np.expm1(-(2.0 if sde else 1.0) * h[i])
+      b[i] = sig[i + 1] / sig[i] * (np.exp(-h[i]) if sde else 1.0)
+      if sde:
+        sigma[i] = sig[i + 1] * np.sqrt(-np.expm1(-2.0 * h[i]))
       if i == 0 or i == n - 2:  # first step; and lower-order final (see module docstring)
-        a[i] = -alpha[i + 1] * e
+        a[i] = gain
       else:
         r = h[i - 1] / h[i]
-        a[i] = -alpha[i + 1] * e * (1.0 + 0.5 / r)
-        c[i] = alpha[i + 1] * e * 0.5 / r
+        a[i] = gain * (1.0 + 0.5 / r)
+        c[i] = -gain * 0.5 / r
   elif kind == "sde_euler":
     dt = -np.diff(ts)
     beta = ct.beta(cs, ts[:-1], np)
@@ -113,7 +123,7 @@ def _make_sample(body: Callable[..., jax.Array]) -> SampleFn:
 
 
 def make_affine_sampler(x0_fn: Callable[..., jax.Array], coefs: dict[str, np.ndarray]) -> SampleFn:
-  """The scan of z ← a x̂0_i + c x̂0_{i-1} + b z + σ ε (DPM-Solver++(2M), Euler–Maruyama)."""
+  """The scan of z ← a x̂0_i + c x̂0_{i-1} + b z + σ ε (DPM-Solver++(2M), its SDE form, Euler–Maruyama)."""
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   xs = {"step": jnp.arange(len(coefs["t"])), "t": f32(coefs["t"]), "a": f32(coefs["a"]),
         "b": f32(coefs["b"]), "c": f32(coefs["c"]), "sigma": f32(coefs["sigma"])}
@@ -198,10 +208,10 @@ def make_continuous_sampler(denoise_fn: DenoiseFn, schedule: Union[Schedule, ct.
   Args:
     denoise_fn: the network as a `DenoiseFn`.
     schedule: the training `Schedule` (its continuous view is used) or a `ContinuousSchedule`.
-    kind: "dpm_solver_pp_2m", "sde_euler", "pc" or "ode_adaptive".
+    kind: "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde", "sde_euler", "pc" or "ode_adaptive".
     num_steps: N grid points (network evaluations; pc: N (1 + num_corrector_steps)); ignored by "ode_adaptive".
     spacing: "time_uniform" or "logsnr_uniform" (`continuous.time_grid`); None = the kind's default
-      (logsnr_uniform for DPM-Solver++, time_uniform for the SDE samplers).
+      (logsnr_uniform for both DPM-Solver++ variants, time_uniform for Euler–Maruyama and pc).
     t_min: the last evaluation time, default 1/T (discrete step 0).
     guidance_scale, objective, self_condition, clip_x0, num_classes: as in `samplers.make_sampler`.
     time_input: the network time rule, "nearest" or "fractional" (`continuous.network_time`).
