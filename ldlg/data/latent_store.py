@@ -21,7 +21,6 @@ batch and resuming at `start_step=k` reproduces an uninterrupted run exactly.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import ml_dtypes
 import numpy as np
 
+from ldlg.data import batching
 from ldlg.data import step_batches
 
 MANIFEST_FILE = "manifest.json"
@@ -292,8 +292,8 @@ class LatentStore:
     return self._perm_cache[1][pos * global_batch_size:(pos + 1) * global_batch_size]
 
   def bucket_length(self, longest: int, bucket_size: int) -> int:
-    """Smallest multiple of `bucket_size` >= `longest`, capped at max_length."""
-    return min(self.max_length, int(math.ceil(longest / bucket_size)) * bucket_size)
+    """Smallest multiple of `bucket_size` >= `longest`, capped at max_length (`batching.pad_width`)."""
+    return batching.pad_width(longest, bucket_size, self.max_length)
 
   def batches(self, global_batch_size: int, *, num_local_devices: int, seed: int, start_step: int = 0,
               length_bucketed: bool = False, bucket_size: int = 8, group_by_length: int = 0,
