@@ -29,13 +29,15 @@ def test_noise_cut_from_the_full_length_is_the_full_draw_at_those_positions():
 def tiny_method():
   config = tiny.get_config()
   method = GaussianDiffusion.from_config(config)
-  params = method.init_params(jax.random.PRNGKey(0))
-  # An untrained denoiser is nearly the identity of its zero-initialised output layer: perturb every leaf so the
-  # network's attention really mixes positions.
+  return config, method, _perturbed(method.init_params(jax.random.PRNGKey(0)))
+
+
+def _perturbed(params):
+  """An untrained denoiser is nearly the identity of its zero-initialised output layer: every leaf perturbed, so
+  the network's attention really mixes positions."""
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
-  return config, method, params
+  return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
 
 
 @pytest.mark.parametrize("kind", ["ddim", "dpm_solver_pp_2m", "sde_euler", "pc"])
@@ -52,6 +54,26 @@ def test_a_batch_cut_to_its_length_bucket_samples_what_the_full_width_does(tiny_
   cut = np.asarray(sample(params, key, full_mask[:, :16]))
   assert cut.shape == (4, 16, config.model.latent_dim) and np.abs(full[:, 16:]).max() == 0
   assert np.abs(full).max() > 0.1  # Not a trivially zero sample.
+  np.testing.assert_allclose(cut, full[:, :16], atol=2e-5)
+
+
+def test_a_source_conditioned_batch_cut_to_its_bucket_samples_what_the_full_width_does():
+  """Sequence-to-sequence LD4LG: the target is cut, the source (cross-attended memory) is not; with guidance."""
+  from ldlg.methods.gaussian.seq2seq_method import SourceConditionedDiffusion
+  config = tiny.get_config("ld4lg_seq2seq")
+  method = SourceConditionedDiffusion.from_config(config)
+  params = _perturbed(method.init_params(jax.random.PRNGKey(0)))
+  sample_cfg = ml_collections.ConfigDict(dict(config.sample.to_dict(), sampler="ddim", num_steps=4))
+  assert sample_cfg.guidance_scale > 1
+  sample = method.make_sampler(sample_cfg)
+  lengths, source_lengths = np.array([3, 16, 9]), np.array([5, 12, 1])
+  full_mask = np.arange(config.model.max_len)[None, :] < lengths[:, None]
+  cond = {"source": np.asarray(jax.random.normal(jax.random.PRNGKey(2), (3, 12, config.model.source_dim))),
+          "source_mask": np.arange(12)[None, :] < source_lengths[:, None]}
+  key = jax.random.PRNGKey(7)
+  full = np.asarray(sample(params, key, full_mask, cond))
+  cut = np.asarray(sample(params, key, full_mask[:, :16], cond))
+  assert np.abs(full).max() > 0.1 and np.abs(full[:, 16:]).max() == 0
   np.testing.assert_allclose(cut, full[:, :16], atol=2e-5)
 
 

@@ -95,7 +95,7 @@ def test_tiny_ld4lg_seq2seq_pipeline_conditions_on_each_source(tmp_path, data_di
   sources = [records[i * k]["source"] for i in range(n)]
   _, source_mask = bart_codec.load_autoencoder(config, wd).encode(sources)
   source_lengths = np.asarray(source_mask).sum(axis=1)
-  assert records[0]["length_from"] == "source"
+  assert records[0]["length_from"] == "source" and records[0]["length_bucket"] == config.sample.length_bucket > 0
   assert all(lengths.row(source_lengths[r["source_index"]])[r["length"]] > 0 for r in records)
   assert len({tuple(lengths.row(s)) for s in source_lengths}) > 1  # The rows differ: the draw reads the source.
   caplog.set_level("INFO")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from ldlg.codecs.bart import codec as bart_codec
 from ldlg.codecs.bart import sources as sources_lib
@@ -78,8 +79,13 @@ def length_model(config: ml_collections.ConfigDict, workdir: Workdir) -> SourceL
 
 def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> list[dict]:
   """`num_candidates` candidates per eval source, through the engine's sample runner (sharded over the local
-  devices; progress kept in `samples.partial.jsonl`, so an interrupted run resumes after its last batch)."""
-  from ldlg.methods.gaussian.text_sampler import TextSampler  # pylint: disable=import-outside-toplevel
+  devices; progress kept in `samples.partial.jsonl`, so an interrupted run resumes after its last batch).
+
+  With `config.sample.length_bucket` > 0 (as `TextSampler.sample`), every candidate's length is drawn first (given
+  its source, or from the histogram) from its own stream, batches are filled shortest first and each runs at its
+  length bucket; a candidate then samples what it would at the full width.
+  """
+  from ldlg.methods.gaussian.text_sampler import LENGTH_STREAM, TextSampler  # pylint: disable=import-outside-toplevel
   from ldlg.methods.seq2seq.stages import eval_sources, sample_candidates  # pylint: disable=import-outside-toplevel
   sc = config.sample
   sampler = TextSampler.from_workdir(config, workdir, step=sc.checkpoint_step)
@@ -91,6 +97,16 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   lengths = length_model(config, workdir)
   source_lengths = encoded["source_mask"].sum(axis=-1)
   sample_fn = sampler.method.make_sampler(sc)
+  bucket = sampler.length_bucket
+  planned = order = None
+  if bucket:
+    num_samples = len(sources) * num_candidates
+    plan_rng = np.random.default_rng([int(sc.seed), LENGTH_STREAM])
+    if lengths is None:
+      planned = plan_rng.choice(len(sampler.length_probs), size=num_samples, p=sampler.length_probs)
+    else:
+      planned = lengths.sample(plan_rng, source_lengths[np.arange(num_samples) // num_candidates])
+    order = np.argsort(planned, kind="stable")
 
   def device_fn(params, rng, inputs, example_offset, global_batch):
     cond = {"source": inputs["source"], "source_mask": inputs["source_mask"]}
@@ -98,7 +114,9 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
 
   def make_inputs(rng_np, batch_size, sample_index):
     source_index = sample_index // num_candidates
-    if lengths is None:
+    if planned is not None:
+      inputs, fields = sampler.inputs_for_lengths(planned[sample_index], bucket=bucket)
+    elif lengths is None:
       inputs, fields = sampler.make_inputs(rng_np, batch_size, None)  # Lengths from the training histogram.
     else:
       inputs, fields = sampler.inputs_for_lengths(lengths.sample(rng_np, source_lengths[source_index]))
@@ -107,8 +125,9 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
 
   runner = sample_runner.SampleRunner(device_fn, make_inputs, sampler.decode_latents)
   settings = {"sampler": sc.sampler, "num_steps": sc.num_steps, "eta": sc.eta, "guidance_scale": sc.guidance_scale,
-              "num_beams": config.autoencoder.num_beams, "length_from": sc.get("length_from", "histogram")}
-  return sample_candidates(runner, params, config, workdir, sources, settings, sampler.checkpoint_step)
+              "num_beams": config.autoencoder.num_beams, "length_from": sc.get("length_from", "histogram"),
+              "length_bucket": bucket}
+  return sample_candidates(runner, params, config, workdir, sources, settings, sampler.checkpoint_step, order=order)
 
 
 PRECOMPUTE = Stage("precompute", precompute, precompute_done)

@@ -28,9 +28,9 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian.method import GaussianDiffusion
 
 
-# The host generator stream of a length-grouped sample's lengths: default_rng([seed, _LENGTH_STREAM]), apart from
-# the runner's own default_rng(seed).
-_LENGTH_STREAM = 1
+# The host generator stream of a length-grouped sample's lengths: default_rng([seed, LENGTH_STREAM]), apart from
+# the runner's own default_rng(seed). Shared with the seq2seq sample stage.
+LENGTH_STREAM = 1
 
 
 def full_target(config: ml_collections.ConfigDict, abstract_params: Any) -> dict:
@@ -226,7 +226,7 @@ class TextSampler:
     # are batched shortest first, and each batch runs at its own length bucket. A row samples what it would at
     # the full width (the noise is drawn at max_len and cut); only which rows share a batch changes. Re-draws of
     # empty decodes keep their planned length.
-    lengths = np.random.default_rng([seed, _LENGTH_STREAM]).choice(len(self.length_probs), size=num_samples,
+    lengths = np.random.default_rng([seed, LENGTH_STREAM]).choice(len(self.length_probs), size=num_samples,
                                                                    p=self.length_probs)
     plan = np.stack([lengths, class_ids if class_ids is not None else np.full(num_samples, -1)], 1)
     return self._runner.sample(params, num_samples=num_samples, seed=seed, batch_size=batch_size,

@@ -149,11 +149,12 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
 
 
 def sample_candidates(runner: sample_runner.SampleRunner, params, config, workdir: Workdir, sources: list[str],
-                      settings: dict, checkpoint_step) -> list[dict]:
+                      settings: dict, checkpoint_step, order=None) -> list[dict]:
   """Draws `config.sample.num_candidates` candidates per source with `runner` (whose make_inputs reads the source
   of sample i as i // num_candidates) and writes them as seq2seq records (the module docstring's layout), with
   `settings`, the sampler's seconds per source (all its candidates) and the provenance. Resumable through
-  `samples.partial.jsonl`. Shared by the seq2seq diffusion methods (DiffuSeq, LD4LG seq2seq)."""
+  `samples.partial.jsonl`. `order`: the order samples are batched in (a permutation; `SampleRunner.sample`).
+  Shared by the seq2seq diffusion methods (DiffuSeq, LD4LG seq2seq)."""
   sc = config.sample
   num_candidates = int(sc.num_candidates)
   num_samples = len(sources) * num_candidates
@@ -161,7 +162,7 @@ def sample_candidates(runner: sample_runner.SampleRunner, params, config, workdi
   partial = workdir.root / "samples.partial.jsonl"
   # No re-draws: an empty output is the model's answer for that source and is scored as such.
   records = runner.sample(params, num_samples=num_samples, seed=sc.seed, batch_size=sc.batch_size,
-                          conditions=np.arange(num_samples, dtype=np.int32), max_redraws=0, progress=True,
+                          conditions=np.arange(num_samples, dtype=np.int32), order=order, max_redraws=0, progress=True,
                           partial_path=partial, partial_key=json.dumps(origin, sort_keys=True))
   for record in records:
     source_index, candidate = divmod(record["index"], num_candidates)
