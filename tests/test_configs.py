@@ -40,8 +40,8 @@ def test_paper_defaults():
   assert config.diffusion.self_condition_prob == 0.5 and config.train.ema_decay == 0.9999
 
 
-def test_e2e_cpu_variant_samples_with_50_ddim_steps_and_others_keep_250():
-  assert importlib.import_module("configs.e2e").get_config("cpu").sample.num_steps == 50
+def test_e2e_cpu_variant_samples_with_100_ddim_steps_and_others_keep_250():
+  assert importlib.import_module("configs.e2e").get_config("cpu").sample.num_steps == 100
   assert importlib.import_module("configs.sst").get_config("cpu").sample.num_steps == 250
 
 
