@@ -136,9 +136,10 @@ def ddpm_posterior_exact(ts):
 
 
 def sde_dpm_solver_pp_2m_exact(ts):
-  """SDE-DPM-Solver++(2M) in the midpoint form of diffusers' `sde-dpmsolver++`: D0 = x̂0_i, D1 = (x̂0_i -
-  x̂0_{i-1}) / r, z ← (σ'/σ) e^{-h} z + α' (1 - e^{-2h}) (D0 + D1/2) + σ' sqrt(1 - e^{-2h}) ε; first-order first and
-  last steps. Moments of (z_i, z_{i-1}) are carried jointly: x̂0_{i-1} depends on z_{i-1}, which shares noise with z_i.
+  """SDE-DPM-Solver++(2M) in the midpoint form of diffusers' `sde-dpmsolver++`: D0 = x̂0_i,
+  D1 = (x̂0_i - x̂0_{i-1}) / r, z ← (σ'/σ) e^{-h} z + α' (1 - e^{-2h}) (D0 + D1/2) + σ' sqrt(1 - e^{-2h}) ε;
+  first-order first and last steps. Moments of (z_i, z_{i-1}) are carried jointly: x̂0_{i-1} depends on z_{i-1},
+  which shares noise with z_i.
   """
   ab = ab_cont(ts)
   alpha, sigma = np.sqrt(ab), np.sqrt(1 - ab)

@@ -17,10 +17,10 @@ over the median call. `text_seconds` is the wall time of sampling and decoding t
 included), for scale. `retraces` counts network traces after the first call of the timed sampler (0 = one compiled
 program per point).
 
-NFE per sampler: DDIM, DPM-Solver++(2M) in either form and Euler–Maruyama make one network call per step; predictor–corrector
-makes (1 + corrector steps) per grid time, so its NFE must be a multiple of that (others are skipped, with a
-warning); the adaptive ODE solver (`ode_adaptive`) picks its own steps: it is one point per `--ode_tolerances`
-entry, at the NFE it measured (diffrax's count, mean over the batch).
+NFE per sampler: DDIM, DPM-Solver++(2M) in either form and Euler–Maruyama make one network call per step;
+predictor–corrector makes (1 + corrector steps) per grid time, so its NFE must be a multiple of that (others are
+skipped, with a warning); the adaptive ODE solver (`ode_adaptive`) picks its own steps: it is one point per
+`--ode_tolerances` entry, at the NFE it measured (diffrax's count, mean over the batch).
 
 Output (`--out` folder): `rows.jsonl` (one line per finished point, reused when the command is re-run with the
 same settings, so an interrupted benchmark loses at most one point; the report shows every finished point of

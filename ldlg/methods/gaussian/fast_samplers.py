@@ -24,8 +24,8 @@ is the sample, as in DDIM (the final "denoising" step of Song et al.). With α =
   valid entries, so the result does not depend on the batch), then the reverse-diffusion predictor of the
   forward transition t_{i+1} → t_i with β_s = 1 - ᾱ(t_i)/ᾱ(t_{i+1}):
     z ← (2 - sqrt(1 - β_s)) z + β_s ∇log p + sqrt(β_s) ε.
-Both DPM-Solver++ variants and Euler–Maruyama are affine in (x̂0_i, x̂0_{i-1}, z, ε) with coefficients precomputed in float64
-(`affine_coefficients`): z ← a x̂0_i + c x̂0_{i-1} + b z + σ ε.
+Both DPM-Solver++ forms and Euler–Maruyama are affine in (x̂0_i, x̂0_{i-1}, z, ε) with coefficients precomputed in
+float64 (`affine_coefficients`): z ← a x̂0_i + c x̂0_{i-1} + b z + σ ε.
 
 Every sampler has `samplers.make_sampler`'s call signature, is one `lax.scan` inside `jax.jit` (one trace per
 shape), carries the self-conditioning estimate (the previous x̂0) from evaluation to evaluation, applies

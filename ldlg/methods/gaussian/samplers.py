@@ -227,10 +227,10 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
   """The one place a run builds its sampler: from `config.sample` and `config.diffusion`.
 
   Reads sample_cfg.`sampler` ("ddim"/"ddpm", or a continuous-time one: "dpm_solver_pp_2m", "dpm_solver_pp_2m_sde",
-  "sde_euler", "pc", "ode_adaptive", see fast_samplers.py, with optional `spacing`, `corrector_snr`, `corrector_steps`, and the ODE
-  solver's `ode_rtol` / `ode_atol` (default 1e-5)), `num_steps`,
-  `eta`, `guidance_scale`, and `clip_x0` if present (default None); diffusion_cfg.`objective` and `self_condition_prob` (self-conditioning is
-  on when it is > 0). "ddpm" always runs all T steps, whatever num_steps says.
+  "sde_euler", "pc", "ode_adaptive", see fast_samplers.py, with optional `spacing`, `corrector_snr`,
+  `corrector_steps`, and the ODE solver's `ode_rtol` / `ode_atol` (default 1e-5)), `num_steps`, `eta`,
+  `guidance_scale`, and `clip_x0` if present (default None); diffusion_cfg.`objective` and `self_condition_prob`
+  (self-conditioning is on when it is > 0). "ddpm" always runs all T steps, whatever num_steps says.
 
   Args:
     denoise_fn: the network as a `DenoiseFn`.
