@@ -40,6 +40,18 @@ def test_compare_flags_a_difference_beyond_the_reference_noise():
   assert result["fast"] == "dpm_solver_pp_2m_sde@25" and result["perplexity"]["within_noise"]
 
 
+def test_a_row_is_keyed_by_the_sampling_fields_the_point_does_not_set():
+  config = tiny.get_config()
+  kwargs = dict(checkpoint_step=20, num_draws=2, draw_size=2, seed=0, judge="", featurizer="minilm")
+  point = sampler_nfe.plan(["ddim"], [4])[0]
+  key = sampler_nfe._settings_key(point, sampler_nfe.run_settings(config, **kwargs))
+  assert key == sampler_nfe._settings_key(point, sampler_nfe.run_settings(tiny.get_config(), **kwargs))
+  for field, value in (("eta", 0.0), ("guidance_scale", 3.0), ("length_bucket", 0)):
+    other = tiny.get_config()
+    other.sample[field] = value
+    assert sampler_nfe._settings_key(point, sampler_nfe.run_settings(other, **kwargs)) != key, field
+
+
 @pytest.mark.slow
 def test_benchmark_on_a_tiny_run_then_resumes(tiny_cli_run, data_dir, tmp_path, monkeypatch):
   config = tiny.get_config()

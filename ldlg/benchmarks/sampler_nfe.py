@@ -23,7 +23,8 @@ skipped, with a warning); the adaptive ODE solver (`ode_adaptive`) picks its own
 `--ode_tolerances` entry, at the NFE it measured (diffrax's count, mean over the batch).
 
 Output (`--out` folder): `rows.jsonl` (one line per finished point, reused when the command is re-run with the
-same settings, so an interrupted benchmark loses at most one point; the report shows every finished point of
+same settings, `run_settings`: the sampling fields a point does not set, such as eta, included; so an interrupted
+benchmark loses at most one point; the report shows every finished point of
 these settings, so later runs with other samplers or NFEs add to it), `sampler_nfe.json` (every row, plus the
 comparison of DPM-Solver++ at `--fast_nfe` with DDIM at `--reference_nfe`, for the ODE form and the SDE form
 (`comparisons`), and a control: as many human training
@@ -135,6 +136,19 @@ def time_latent_sampler(method, config: ml_collections.ConfigDict, params, mask:
           "measured_nfe": float(np.mean(np.asarray(nfe))), "retraces": counter.count - traced}
 
 
+# The config.sample fields a point does not set itself but that change its samples: part of every row's key, so a
+# folder never mixes rows sampled with, say, eta = 0 and eta = 1.
+SAMPLE_FIELDS = ("eta", "guidance_scale", "spacing", "corrector_snr", "clip_x0", "length_bucket", "max_redraws")
+
+
+def run_settings(config: ml_collections.ConfigDict, *, checkpoint_step: int, num_draws: int, draw_size: int,
+                 seed: int, judge: str, featurizer: str) -> dict[str, Any]:
+  """What, besides the point, decides a row: a finished row is reused only when all of it is equal."""
+  sample = {field: config.sample.get(field, None) for field in SAMPLE_FIELDS}
+  return {"checkpoint_step": checkpoint_step, "num_draws": num_draws, "draw_size": draw_size, "seed": seed,
+          "judge": judge, "featurizer": featurizer, "sample": sample}
+
+
 def _settings_key(point: dict, settings: dict) -> str:
   return json.dumps({"point": point, **settings}, sort_keys=True)
 
@@ -171,8 +185,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
                             reference_features=feats(reference), num_draws=num_draws, seed=seed)
   judge_lm = perplexity.load_causal_lm(judge) if judge else None
   score = functools.partial(score, ppl_model=judge_lm)
-  settings = {"checkpoint_step": step, "num_draws": num_draws, "draw_size": draw_size, "seed": seed,
-              "judge": judge, "featurizer": feats.name}
+  settings = run_settings(config, checkpoint_step=step, num_draws=num_draws, draw_size=draw_size, seed=seed,
+                          judge=judge, featurizer=feats.name)
   rows_file = out / "rows.jsonl"
   done = {}
   if rows_file.exists():
