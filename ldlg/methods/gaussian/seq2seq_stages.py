@@ -85,7 +85,7 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   its source, or from the histogram) from its own stream, batches are filled shortest first and each runs at its
   length bucket; a candidate then samples what it would at the full width.
   """
-  from ldlg.methods.gaussian.text_sampler import LENGTH_STREAM, TextSampler  # pylint: disable=import-outside-toplevel
+  from ldlg.methods.gaussian.text_sampler import TextSampler  # pylint: disable=import-outside-toplevel
   from ldlg.methods.seq2seq.stages import eval_sources, sample_candidates  # pylint: disable=import-outside-toplevel
   sc = config.sample
   sampler = TextSampler.from_workdir(config, workdir, step=sc.checkpoint_step)
@@ -101,11 +101,9 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir) -> lis
   planned = order = None
   if bucket:
     num_samples = len(sources) * num_candidates
-    plan_rng = np.random.default_rng([int(sc.seed), LENGTH_STREAM])
-    if lengths is None:
-      planned = plan_rng.choice(len(sampler.length_probs), size=num_samples, p=sampler.length_probs)
-    else:
-      planned = lengths.sample(plan_rng, source_lengths[np.arange(num_samples) // num_candidates])
+    given_source = None if lengths is None else (
+        lambda rng: lengths.sample(rng, source_lengths[np.arange(num_samples) // num_candidates]))
+    planned = sampler.plan_lengths(int(sc.seed), num_samples, draw=given_source)
     order = np.argsort(planned, kind="stable")
 
   def device_fn(params, rng, inputs, example_offset, global_batch):

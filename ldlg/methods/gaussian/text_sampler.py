@@ -28,9 +28,9 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian.method import GaussianDiffusion
 
 
-# The host generator stream of a length-grouped sample's lengths: default_rng([seed, LENGTH_STREAM]), apart from
-# the runner's own default_rng(seed). Shared with the seq2seq sample stage.
-LENGTH_STREAM = 1
+# The host generator stream of a length-grouped sample's lengths: default_rng([seed, _LENGTH_STREAM]), apart from
+# the runner's own default_rng(seed).
+_LENGTH_STREAM = 1
 
 
 def full_target(config: ml_collections.ConfigDict, abstract_params: Any) -> dict:
@@ -206,6 +206,14 @@ class TextSampler:
       changed.append(row)
     return {"steps": steps, "texts": texts, "final": self.decode_latents(np.asarray(x0), inputs), "tokens_changed": changed}
 
+  def plan_lengths(self, seed: int, num_samples: int, draw=None) -> np.ndarray:
+    """[num_samples] lengths drawn before batching, from their own stream default_rng([seed, _LENGTH_STREAM]):
+    i.i.d. from the training histogram, or `draw(rng)` (e.g. lengths given each sample's source)."""
+    rng = np.random.default_rng([seed, _LENGTH_STREAM])
+    if draw is not None:
+      return np.asarray(draw(rng))
+    return rng.choice(len(self.length_probs), size=num_samples, p=self.length_probs)
+
   def sample(self, params, *, num_samples: int, seed: int, class_id: int | None = None,
              batch_size: int | None = None, progress: bool = False, **resume) -> list[dict]:
     """Draws `num_samples` texts; empty decodes are counted and re-drawn (as the paper does).
@@ -226,8 +234,7 @@ class TextSampler:
     # are batched shortest first, and each batch runs at its own length bucket. A row samples what it would at
     # the full width (the noise is drawn at max_len and cut); only which rows share a batch changes. Re-draws of
     # empty decodes keep their planned length.
-    lengths = np.random.default_rng([seed, LENGTH_STREAM]).choice(len(self.length_probs), size=num_samples,
-                                                                   p=self.length_probs)
+    lengths = self.plan_lengths(seed, num_samples)
     plan = np.stack([lengths, class_ids if class_ids is not None else np.full(num_samples, -1)], 1)
     return self._runner.sample(params, num_samples=num_samples, seed=seed, batch_size=batch_size,
                                conditions=plan.astype(np.int32), order=np.argsort(lengths, kind="stable"),
