@@ -2,6 +2,7 @@
 end to end on the tiny config (tokenizer -> engine trainer -> sample runner -> evaluate with its likelihood)."""
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from configs import tiny
 from ldlg import methods
 from ldlg import pipeline
+from ldlg.benchmarks import likelihood_curve
 from ldlg.engine.workdir import Workdir
 
 
@@ -35,6 +37,28 @@ def test_tiny_pipeline_of_another_method(variant, likelihood_key, tmp_path, data
   caplog.set_level("INFO")
   pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
   assert all(f"Stage {s.name}: already done" in caplog.text for s in methods.stages(config))
+  # The likelihood of every kept checkpoint: the final one's is the number evaluate reported, an earlier
+  # checkpoint's is its own, and a re-run reuses what was scored.
+  curve = likelihood_curve.run([wd.root], data_dir, tmp_path / "curve")
+  points = curve["runs"]["wd"]["points"]
+  assert [p["step"] for p in points] == [10, 20] and points[0]["exact"] == (variant == "ar")
+  final = likelihood["nll_per_token"] if variant == "ar" else likelihood["nelbo_per_token"]
+  np.testing.assert_allclose(points[-1]["nll_per_token"], final, rtol=1e-5)
+  assert abs(points[0]["nll_per_token"] - final) > 1e-3
+  with mock.patch.object(methods.get(config), "token_nll", side_effect=AssertionError("recomputed")):
+    assert likelihood_curve.run([wd.root], data_dir, tmp_path / "curve")["runs"]["wd"]["points"] == points
+  with pytest.raises(ValueError, match=r"no checkpoint for steps \[5\].*kept checkpoints are \[10, 20\]"):
+    likelihood_curve.run([wd.root], data_dir, tmp_path / "curve5", steps=[5])
+
+
+def test_likelihood_curve_divides_by_the_exact_run_at_the_steps_both_have():
+  point = lambda step, ppl, exact: {"step": step, "nll_per_token": float(np.log(ppl)), "perplexity": ppl,
+                                    "exact": exact}
+  runs = {"mdlm": {"points": [point(500, 30.0, False), point(1000, 12.0, False)]},
+          "ar": {"points": [point(1000, 6.0, True), point(1500, 5.0, True)]}}
+  assert likelihood_curve.pick_reference(runs) == "ar"
+  assert likelihood_curve.ratios(runs, "ar") == {"mdlm": [{"step": 1000, "perplexity_ratio": 2.0}]}
+  assert likelihood_curve.pick_reference({"mdlm": runs["mdlm"]}) is None
 
 
 def test_every_method_is_registered_under_its_name():

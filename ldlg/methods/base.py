@@ -78,6 +78,30 @@ class Method(abc.ABC):
     """Likelihood figures `--mode=evaluate` adds to metrics.json (e.g. {"likelihood": {...}}); none by default."""
     return {}
 
+  @classmethod
+  def token_nll(cls, config, workdir, data_dir, step: int = -1) -> dict:
+    """The eval split's negative log-likelihood per token under the checkpoint of `step` (-1: the latest).
+
+    For the methods that model tokens (the AR baseline: exact; masked diffusion: its NELBO, an upper bound), all
+    on the same tokens of one tokenizer (each text and its </s>; <s> is given, not scored), so two runs that
+    share a tokenizer compare number for number. Returns {"nll_per_token", "perplexity", "exact", ...}.
+    """
+    raise NotImplementedError(f"the {cls.name} method has no likelihood per token (only the autoregressive and "
+                              "masked methods model tokens directly)")
+
+  @staticmethod
+  def checkpoint_steps(config, workdir) -> list[int]:
+    """The steps of the run's kept training checkpoints, in increasing order ([] before any)."""
+    del config
+    from ldlg.engine import checkpoints  # pylint: disable=import-outside-toplevel
+    if not workdir.checkpoint_dir.is_dir():
+      return []
+    ckpt = checkpoints.Checkpointer(workdir.checkpoint_dir)
+    try:
+      return sorted(ckpt.all_steps())
+    finally:
+      ckpt.close()
+
   def evaluation_hooks(self) -> Mapping[str, Callable[..., dict]]:
     """Extra evaluations `--mode=evaluate` reports for this method (e.g. a likelihood bound), by name."""
     return {}

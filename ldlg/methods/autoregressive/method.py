@@ -60,6 +60,14 @@ class Autoregressive(base.Method):
   def likelihood_metrics(config, workdir, data_dir) -> dict:
     return likelihood_metrics(config, workdir, data_dir)
 
+  @classmethod
+  def token_nll(cls, config, workdir, data_dir, step: int = -1) -> dict:
+    return token_nll(config, workdir, data_dir, step)
+
+  @staticmethod
+  def checkpoint_steps(config, workdir) -> list[int]:
+    return base.Method.checkpoint_steps(config, Workdir(model_dir(workdir)))
+
   @staticmethod
   def stages():
     from ldlg.evaluation.stage import EVALUATE
@@ -77,6 +85,32 @@ def likelihood_metrics(config, workdir: Workdir, data_dir) -> dict:
     return {}
   return {"likelihood": {"split": config.data.eval_split, "nll_per_token": result["valid_loss"],
                          "perplexity": math.exp(result["valid_loss"]), "exact": True}}
+
+
+def token_nll(config, workdir: Workdir, data_dir, step: int = -1) -> dict:
+  """The exact NLL per token of the eval split under the checkpoint of `step` (-1: the latest): the number
+  `ar_result.json` holds as "valid_loss" for the final step, for any kept checkpoint."""
+  import math
+  from ldlg.data.splits import load_texts
+  from ldlg.engine import checkpoints
+  from ldlg.engine import train_state as train_state_lib
+  tokenizer = tokens.load_tokenizer(config, workdir)
+  method = Autoregressive(config, tokenizer)
+  tx = train_state_lib.make_optimizer(config.optim, config.train.num_steps)
+  ema = config.train.get("ema_decay") is not None  # As the trainer builds the state (TrainJob.ema_decay).
+  target = train_state_lib.TrainState.create(method.init_params(jax.random.PRNGKey(0)), tx, ema=ema).to_dict()
+  ckpt = checkpoints.Checkpointer(Workdir(model_dir(workdir)).checkpoint_dir)
+  try:
+    saved, _ = ckpt.restore(target, None if step < 0 else step)
+    step = ckpt.latest_step() if step < 0 else step
+  finally:
+    ckpt.close()
+  params = saved["ema_params"] if saved.get("ema_params") is not None else saved["params"]
+  texts = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.eval_split)]
+  lm = ar_model.ar_causal_lm(method.model, params, tokenizer, name=f"ar_baseline@{step}")
+  nll = ar_train.valid_loss(lm, texts, tokenizer, max_length=config.data.max_length,
+                            batch_size=config.train.eval_batch_size)
+  return {"nll_per_token": nll, "perplexity": math.exp(nll), "exact": True}
 
 
 def model_dir(workdir: Workdir):

@@ -106,10 +106,17 @@ def evaluate_valid(model: Any, params: Any, tokenizer: Any, texts: Sequence[str]
   texts = [t for t in texts if tokenizer.encode(t, add_special_tokens=False)]
   if not texts:
     return {}
-  seqs, _ = frame_texts(texts, tokenizer, max_length)
   lm = ar_model.ar_causal_lm(model, params, tokenizer, name=name)
-  return {"valid_loss": evaluate_loss(lm, seqs, batch_size=batch_size, max_length=max_length),
+  return {"valid_loss": valid_loss(lm, texts, tokenizer, max_length=max_length, batch_size=batch_size),
           "valid_perplexity": perplexity.mean_perplexity(texts, lm, batch_size=batch_size, max_length=max_length)}
+
+
+def valid_loss(lm: perplexity.CausalLM, texts: Sequence[str], tokenizer: Any, *, max_length: int,
+               batch_size: int) -> float:
+  """Token-mean NLL (nats, </s> scored, <s> given) of the non-empty `texts`: `evaluate_valid`'s "valid_loss"."""
+  texts = [t for t in texts if tokenizer.encode(t, add_special_tokens=False)]
+  seqs, _ = frame_texts(texts, tokenizer, max_length)
+  return evaluate_loss(lm, seqs, batch_size=batch_size, max_length=max_length)
 
 
 def train_ar_baseline(cfg: ml_collections.ConfigDict, texts: Sequence[str], tokenizer: Any,
@@ -133,7 +140,8 @@ def train_ar_baseline(cfg: ml_collections.ConfigDict, texts: Sequence[str], toke
     {"num_params", "steps", "max_steps", "seconds", "max_seconds", "stopped_by" ("max_steps" | "max_seconds" |
      "signal"), "final_loss" (mean training loss of the last log window), "valid_loss" (token-mean NLL incl.
      </s>) and "valid_perplexity" (mean per-text perplexity, as `ldlg.evaluation.perplexity`) when valid texts
-     are given and the run was not preempted, "steps_per_s" (this session), "resumed_from", the framing stats, "model" (sizes), "out_dir"}.
+     are given and the run was not preempted, "steps_per_s" (this session), "resumed_from", the framing stats,
+     "model" (sizes), "out_dir"}.
   """
   tc = cfg.train
   max_steps = int(tc.num_steps if max_steps is None else max_steps)

@@ -222,3 +222,10 @@ class MaskedDiffusion(Method):
   def likelihood_metrics(config, workdir, data_dir) -> dict:
     from ldlg.methods.masked import stages
     return stages.likelihood_metrics(config, workdir, data_dir)
+
+  @classmethod
+  def token_nll(cls, config, workdir, data_dir, step: int = -1) -> dict:
+    from ldlg.methods.masked import stages
+    result = stages.nelbo_on_eval_split(config, workdir, data_dir, step)
+    return {"nll_per_token": result["nelbo_per_token"], "perplexity": result["perplexity_bound"], "exact": False,
+            **result}

@@ -136,8 +136,14 @@ def sample(config: ml_collections.ConfigDict, workdir: Workdir, data_dir=None) -
 
 def likelihood_metrics(config, workdir: Workdir, data_dir) -> dict:
   """NELBO per token and the perplexity bound on the eval split (EMA params of the latest checkpoint)."""
+  return {"likelihood": {"split": config.data.eval_split, **nelbo_on_eval_split(config, workdir, data_dir)}}
+
+
+def nelbo_on_eval_split(config, workdir: Workdir, data_dir, step: int = -1) -> dict:
+  """`MaskedDiffusion.evaluate_nelbo` of the eval split under the EMA params of the checkpoint of `step` (-1:
+  the latest), with the run's seed: the same number for the same checkpoint every time."""
   method, tokenizer = build(config, workdir)
-  params, _ = load_ema_params(config, workdir, method)
+  params, _ = load_ema_params(config, workdir, method, step)
   seqs, labels = token_data(config, workdir, data_dir, config.data.eval_split, tokenizer)
   pad, max_len, bs = tokens.special_ids(tokenizer)["pad"], int(config.model.max_len), int(config.train.batch_size)
   batches = []
@@ -152,8 +158,9 @@ def likelihood_metrics(config, workdir: Workdir, data_dir) -> dict:
     batches.append(batch)
   result = method.evaluate_nelbo(params, batches, jax.random.PRNGKey(config.seed),
                                  num_repeats=int(config.eval.get("likelihood_repeats", 1)))
-  logging.info("Likelihood on %s: %s", config.data.eval_split, json.dumps(result))
-  return {"likelihood": {"split": config.data.eval_split, **result}}
+  logging.info("Likelihood on %s (checkpoint %s): %s", config.data.eval_split, "latest" if step < 0 else step,
+               json.dumps(result))
+  return result
 
 
 def sample_done(config, workdir: Workdir, data_dir=None) -> bool:
