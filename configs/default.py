@@ -289,8 +289,9 @@ def make_diffuseq_cpu(config: ml_collections.ConfigDict) -> ml_collections.Confi
   config.data.max_source_length = 48
   config.diffusion = d(schedule="sqrt", num_timesteps=2000, learn_padding=True, embed_noise=True,
                        importance_sampling=True, importance_history=10, importance_uniform_prob=0.001)
+  # segment_embedding: not DiffuSeq's (README, "Memorising 8 pairs"); off as in the paper.
   config.model = d(vocab_size=0, embed_dim=128, dim=128, num_layers=4, num_heads=4, ff_mult=4, max_len=96,
-                   dropout=0.1, dtype="float32", embed_init_std=1.0, num_timesteps=2000)
+                   dropout=0.1, dtype="float32", embed_init_std=1.0, num_timesteps=2000, segment_embedding=False)
   config.model.max_len = config.data.get_ref("max_length")
   config.model.num_timesteps = config.diffusion.get_ref("num_timesteps")
   config.optim.update(lr=5e-4, warmup_steps=200)

@@ -195,6 +195,31 @@ def test_registered_and_built_from_config():
     DiffuSeq.from_config(config)
 
 
+def test_segment_embedding_tells_each_position_its_side_and_is_off_by_default(method_and_params):
+  _, plain_params = method_and_params
+  assert "segment_embed" not in plain_params  # DiffuSeq's network, unchanged by default.
+  config = ml_collections.ConfigDict({
+      "model": {"vocab_size": 12, "embed_dim": 8, "dim": 16, "num_layers": 1, "num_heads": 2, "max_len": 8,
+                "segment_embedding": True},
+      "diffusion": {"schedule": "sqrt", "num_timesteps": T, "pad_id": PAD}})
+  method = DiffuSeq.from_config(config, end_id=END)
+  params = method.init_params(jax.random.PRNGKey(0))
+  assert params["segment_embed"].shape == (2, 16)
+  # Identical inputs, different segments: the output changes, by the segment row added at the input.
+  z = jax.random.normal(jax.random.PRNGKey(1), IDS.shape + (8,))
+  t, mask = jnp.full((2,), T - 1), jnp.ones(IDS.shape, bool)
+  apply = lambda p, source: method.network.apply({"params": p}, z, t, mask, source)
+  zeroed = {**params, "segment_embed": jnp.zeros_like(params["segment_embed"])}
+  assert not np.allclose(apply(params, SOURCE), apply(params, ~SOURCE))
+  np.testing.assert_allclose(apply(zeroed, SOURCE), apply(zeroed, ~SOURCE), atol=1e-6)
+  with pytest.raises(ValueError, match="segment_embedding needs source_mask"):
+    method.network.apply({"params": params}, z, t, mask)
+  # The sampler passes the segments and still keeps the source exactly.
+  out = method.make_sampler(num_steps=3)(params, jax.random.PRNGKey(2), IDS, SOURCE)
+  np.testing.assert_array_equal(np.asarray(out["embeddings"])[SOURCE],
+                                np.asarray(params["word_embedding"])[IDS][SOURCE])
+
+
 class _CharTokenizer:
   """Each character is a token (ids from 3 up): enough to check the framing without a trained BPE."""
 

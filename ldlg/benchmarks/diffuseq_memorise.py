@@ -2,7 +2,7 @@ r"""Can a DiffuSeq network memorise a few (source, target) pairs from the source
 
   python -m ldlg.benchmarks.diffuseq_memorise --data_dir=../shared/data [--num_pairs=8] [--dim=128] \
       [--num_layers=4] [--num_heads=4] [--embed_dim=128] [--dropout=0] [--lr=1e-3] [--num_steps=1500] \
-      [--freeze_embedding] [--tokenizer=<a run's tokenizer folder>] [--out=<file.json>]
+      [--freeze_embedding] [--segment_embedding] [--tokenizer=<a run's tokenizer folder>] [--out=<file.json>]
 
 The first `num_pairs` training pairs of E2E are framed as DiffuSeq trains on them (`framing.py`: `[<s> source </s>
 ; target </s> ; <pad> ...]`, learned padding) and the DiffuSeq loss (`losses.make_per_example_loss_fn`) is
@@ -42,13 +42,15 @@ flags.DEFINE_integer("num_timesteps", 2000, "T of the sqrt schedule")
 flags.DEFINE_integer("max_len", 96, "sequence length L")
 flags.DEFINE_integer("max_source_len", 48, "source tokens at most")
 flags.DEFINE_bool("freeze_embedding", False, "keep the N(0, 1) embedding fixed (no shrinking shortcut)")
+flags.DEFINE_bool("segment_embedding", False, "tell each position its segment (Seq2SeqDenoiser.segment_embedding)")
 flags.DEFINE_string("tokenizer", "", "a Hugging Face tokenizer folder (default: words of the pairs)")
 flags.DEFINE_integer("seed", 0, "init and noise seed")
 flags.DEFINE_string("out", "", "write the JSON here too")
 
 
 def memorise(sources, targets, tokenizer, *, dim, num_layers, num_heads, embed_dim, dropout, lr, num_steps,
-             eval_every, num_timesteps, max_len, max_source_len, freeze_embedding, seed) -> list[dict]:
+             eval_every, num_timesteps, max_len, max_source_len, freeze_embedding, seed,
+             segment_embedding=False) -> list[dict]:
   """Trains on the pairs at t = T - 1; returns one record per `eval_every` steps (see the module docstring)."""
   from ldlg.codecs import tokens  # pylint: disable=import-outside-toplevel
   ids = tokens.special_ids(tokenizer)
@@ -57,7 +59,8 @@ def memorise(sources, targets, tokenizer, *, dim, num_layers, num_heads, embed_d
                                                       pad_id=ids["pad"]).items()}
   batch["t"] = jnp.full((len(pairs),), num_timesteps - 1, jnp.int32)
   network = Seq2SeqDenoiser(vocab_size=len(tokenizer), embed_dim=embed_dim, dim=dim, num_layers=num_layers,
-                            num_heads=num_heads, max_len=max_len, dropout=dropout, num_timesteps=num_timesteps)
+                            num_heads=num_heads, max_len=max_len, dropout=dropout, num_timesteps=num_timesteps,
+                            segment_embedding=segment_embedding)
   schedule = get_schedule("sqrt", num_timesteps)
   params = network.init(jax.random.PRNGKey(seed), batch["input_ids"][:1], jnp.zeros((1,), jnp.int32),
                         jnp.ones((1, max_len), bool), method=Seq2SeqDenoiser.init_all)["params"]
@@ -84,7 +87,7 @@ def memorise(sources, targets, tokenizer, *, dim, num_layers, num_heads, embed_d
                                                         method=Seq2SeqDenoiser.embed),
                                 batch["t"], jax.random.normal(key, batch["input_ids"].shape + (embed_dim,)),
                                 batch["source_mask"])
-    hat = network.apply({"params": params}, z, batch["t"], jnp.ones_like(batch["mask"]))
+    hat = network.apply({"params": params}, z, batch["t"], jnp.ones_like(batch["mask"]), batch["source_mask"])
     hit = jnp.argmax(jnp.einsum("bld,vd->blv", hat, emb), -1) == batch["input_ids"]
     text = batch["mask"] & ~batch["source_mask"]
     return metrics, jnp.sum(hit & text) / jnp.sum(text)
@@ -116,7 +119,7 @@ def main(argv):
     tokenizer = make_word_tokenizer(sources + targets, model_max_length=FLAGS.max_len)
   settings = {k: FLAGS[k].value for k in ("num_pairs", "dim", "num_layers", "num_heads", "embed_dim", "dropout",
                                           "lr", "num_steps", "num_timesteps", "freeze_embedding", "tokenizer",
-                                          "seed")}
+                                          "seed", "segment_embedding")}
   curve = memorise(sources, targets, tokenizer, **{k: v for k, v in settings.items()
                                                    if k not in ("num_pairs", "tokenizer")},
                    eval_every=FLAGS.eval_every, max_len=FLAGS.max_len, max_source_len=FLAGS.max_source_len)

@@ -51,7 +51,7 @@ def _accuracies(method, params, batch: dict[str, np.ndarray], t: int, key: jax.A
   x0 = network.apply(variables, ids, method=Seq2SeqDenoiser.embed)
   steps = jnp.full((ids.shape[0],), t, jnp.int32)
   z_t = partial_q_sample(method.schedule, x0, steps, jax.random.normal(key, x0.shape), source, active)
-  estimate = network.apply(variables, z_t, steps, active)
+  estimate = network.apply(variables, z_t, steps, active, source)
   tokens = rounding.round_to_tokens(estimate, params["word_embedding"], rounding_rule)
   hit = tokens == ids
   share = lambda where: float(jnp.sum(hit & where) / jnp.maximum(jnp.sum(where), 1))

@@ -141,7 +141,7 @@ def make_per_example_loss_fn(network: Seq2SeqDenoiser, schedule: Schedule, *, pa
     y0 = emb + sigma0 * normal(k_embed) if embed_noise else emb
     x0 = jnp.where(target[..., None], y0, emb)  # the source stays clean
     z_t = partial_q_sample(schedule, x0, t, normal(k_noise), source_mask, active)
-    x0_hat = network.apply(variables, z_t, t, active, train=train, rngs={"dropout": k_drop})
+    x0_hat = network.apply(variables, z_t, t, active, source_mask, train=train, rngs={"dropout": k_drop})
 
     mse_target = jnp.where(broadcast_to_rank(t == 0, x0), emb, x0)
     mse = masked_mean(jnp.square(x0_hat - mse_target), target)

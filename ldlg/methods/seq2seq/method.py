@@ -85,7 +85,7 @@ class DiffuSeq(Method):
     Reads:
       config.model: `Seq2SeqDenoiser(**config.model)` fields (vocab_size — the codec's; the `vocab_size`
         argument, when given, replaces it —, embed_dim, dim, num_layers, num_heads, ff_mult, max_len, dropout,
-        dtype, embed_init_std); `num_timesteps`, if absent, is taken from config.diffusion.
+        dtype, embed_init_std, segment_embedding); `num_timesteps`, if absent, is taken from config.diffusion.
       config.diffusion: `schedule` ("sqrt"), `num_timesteps` (2000), `learn_padding` (True), `embed_noise`
         (True), `importance_history` (10), `importance_uniform_prob` (0.001), and `pad_id` / `end_id` when
         not passed as arguments (the codec's ids; the pipeline passes them). `importance_sampling` (True) is

@@ -2,6 +2,7 @@
 
   EMB: [V, d]  learned word embedding, shared by source and target, tied to the rounding softmax
   h = Dense(z_t) + pos_emb + Dense(GELU(TimeEmbedding(t)))         # [B, L, dim]
+      (+ seg_emb[is_source] with `segment_embedding`, an option DiffuSeq does not have)
   h = block(h) x num_layers,  block: h += SelfAttn(LN(h)); h += AdaLN(GeGLU(LN(h)), t)
   ŷ0 = Dense(LayerNorm(h))                                         # [B, L, d], the x0 estimate
 
@@ -63,6 +64,10 @@ class Seq2SeqDenoiser(nn.Module):
     dtype: "float32" or "bfloat16" compute dtype; params are float32.
     num_timesteps: T of the schedule (t is rescaled to 0..1000 for the sinusoids).
     embed_init_std: standard deviation of the embedding's initial rows (DiffuSeq: 1, torch's default).
+    segment_embedding: add a learned vector per segment (source / target) to the input, so that every position
+      is told which side of the separator it is on (not in DiffuSeq, which leaves that to attention: at high
+      noise a target position's input is noise, and the network must find the variable-length source's end
+      from the separator token). Off by default.
   """
   vocab_size: int
   embed_dim: int = 128
@@ -75,6 +80,7 @@ class Seq2SeqDenoiser(nn.Module):
   dtype: str = "float32"
   num_timesteps: int = 2000
   embed_init_std: float = 1.0
+  segment_embedding: bool = False
 
   def setup(self):
     if self.dtype not in _DTYPES:
@@ -88,6 +94,9 @@ class Seq2SeqDenoiser(nn.Module):
     self.pos_embed = self.param("pos_embed", nn.initializers.normal(stddev=0.02), (self.max_len, self.dim),
                                 jnp.float32)
     self.input_proj = nn.Dense(self.dim, dtype=dtype, param_dtype=jnp.float32)
+    if self.segment_embedding:
+      self.segment_embed = self.param("segment_embed", nn.initializers.normal(stddev=0.02), (2, self.dim),
+                                      jnp.float32)
     self.time_to_input = nn.Dense(self.dim, dtype=dtype, param_dtype=jnp.float32)
     self.blocks = [Seq2SeqBlock(self.num_heads, self.ff_mult, self.dropout, dtype)
                    for _ in range(self.num_layers)]
@@ -102,13 +111,15 @@ class Seq2SeqDenoiser(nn.Module):
     """y [..., d] -> y · EMBᵀ [..., V] float32, the rounding logits p(w | y) = softmax(y · EMBᵀ)."""
     return jnp.einsum("...d,vd->...v", y.astype(jnp.float32), self.word_embedding)
 
-  def __call__(self, z_t: jnp.ndarray, t: jnp.ndarray, mask: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+  def __call__(self, z_t: jnp.ndarray, t: jnp.ndarray, mask: jnp.ndarray, source_mask: jnp.ndarray | None = None,
+               *, train: bool = False) -> jnp.ndarray:
     """The x0 estimate.
 
     Args:
       z_t: [B, L, d] the partially noised sequence (clean source, noisy target).
       t: [B] timesteps in [0, num_timesteps).
       mask: [B, L] bool, positions in play (attention keys); others do not reach valid outputs.
+      source_mask: [B, L] bool, True at source positions; read only with `segment_embedding` (then required).
       train: enables dropout.
 
     Returns:
@@ -126,10 +137,15 @@ class Seq2SeqDenoiser(nn.Module):
     time_act = nn.gelu(self.time_embed(t))
     h = (self.input_proj(z_t).astype(jnp.float32) + self.pos_embed[None, :length]
          + self.time_to_input(time_act).astype(jnp.float32)[:, None, :])
+    if self.segment_embedding:
+      if source_mask is None or source_mask.shape != (batch, length):
+        raise ValueError("segment_embedding needs source_mask [B, L] (True at source positions), got "
+                         f"{None if source_mask is None else source_mask.shape}")
+      h = h + self.segment_embed[source_mask.astype(jnp.int32)]
     for block in self.blocks:
       h = block(h, mask, time_act, deterministic=not train)
     return self.output_proj(self.final_norm(h)).astype(jnp.float32)
 
   def init_all(self, ids: jnp.ndarray, t: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     """Touches every parameter (for `init`): embeds ids, denoises them at t, and takes the logits."""
-    return self.logits(self(self.embed(ids), t, mask))
+    return self.logits(self(self.embed(ids), t, mask, jnp.zeros_like(mask)))

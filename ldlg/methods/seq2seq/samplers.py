@@ -95,7 +95,7 @@ def make_sampler(network: Seq2SeqDenoiser, schedule: Schedule, *, pad_id: int,
 
     def step(z, x):
       t = jnp.full(shape[:1], x["t"], jnp.int32)
-      x0 = network.apply(variables, z, t, active)
+      x0 = network.apply(variables, z, t, active, source_mask)
       if clamp:
         x0 = rounding.nearest_embedding(x0, embedding)
       x0 = anchor(x0)
