@@ -34,7 +34,8 @@ from ldlg.methods.seq2seq.network import Seq2SeqDenoiser
 
 # Which config fields are read, with their defaults (DiffuSeq's settings where it has one).
 DIFFUSION_DEFAULTS = {"schedule": "sqrt", "num_timesteps": 2000, "learn_padding": True, "embed_noise": True,
-                      "importance_sampling": True, "importance_history": importance.HISTORY, "importance_uniform_prob": importance.UNIFORM_PROB}
+                      "importance_sampling": True, "importance_history": importance.HISTORY,
+                      "importance_uniform_prob": importance.UNIFORM_PROB}
 SAMPLE_DEFAULTS = {"num_steps": 200, "eta": 1.0, "clamp": True, "rounding": "logits"}
 
 
