@@ -33,6 +33,13 @@ def data_dir() -> pathlib.Path:
   return path
 
 
+@pytest.fixture(scope="session")
+def e2e_valid_sentences(data_dir) -> list[str]:
+  """E2E validation references: the text right of `||` in each line of `e2e/src1_valid.txt`, stripped."""
+  with open(data_dir / "e2e" / "src1_valid.txt", encoding="utf-8") as f:
+    return [line.split("||", 1)[1].strip() for line in f if "||" in line]
+
+
 # ------------------------------------------------------------------------------------------- test tiers
 # `slow`: end-to-end checks (CLI pipelines, fault injection) that CI runs. `extended`: heavier checks of a guarantee
 # that a cheaper CI test already covers in its basic form (every denoiser option under pmap, each trainer's own

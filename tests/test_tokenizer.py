@@ -6,15 +6,9 @@ import transformers
 from ldlg.codecs.bart import tokenizer as tokenizer_lib
 
 
-def read_e2e_sentences(data_dir, split: str = "valid") -> list[str]:
-  """E2E references: lines `MR||text`, the text right of `||`, stripped."""
-  with open(data_dir / "e2e" / f"src1_{split}.txt", encoding="utf-8") as f:
-    return [line.split("||", 1)[1].strip() for line in f if "||" in line]
-
-
 @pytest.fixture(scope="module")
-def sentences(data_dir):
-  return read_e2e_sentences(data_dir)
+def sentences(e2e_valid_sentences):
+  return e2e_valid_sentences
 
 
 @pytest.fixture(scope="module")
