@@ -14,6 +14,7 @@ from ldlg.methods.gaussian.losses import loss_fn_from_config, make_loss_fn
 from ldlg.methods.gaussian.samplers import mask_from_lengths
 from ldlg.methods.gaussian.schedules import get_schedule
 from ldlg.networks.denoiser import Denoiser
+from tests.helpers.denoiser_params import perturbed_denoiser_params
 
 T = 1000
 SCHEDULE = get_schedule("linear", T)
@@ -235,19 +236,7 @@ def test_real_denoiser_loss():
   batch = make_batch(b=4, l=6, d=8, num_classes=2)
   model = Denoiser(latent_dim=8, dim=16, num_layers=1, num_heads=2, ff_mult=2, max_len=8, num_classes=2,
                    num_timesteps=T)
-  b = batch["latents"].shape[0]
-
-  @jax.jit  # init and perturbation in one compile (eager, they compile once per leaf shape)
-  def init(rng):
-    params = model.init(rng, batch["latents"], jnp.zeros((b,), jnp.int32), batch["mask"],
-                        batch["latents"], jnp.ones((b,), bool), batch["label"])["params"]
-    # The output layer starts at zero; perturb every parameter so all paths carry gradient.
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.fold_in(rng, 1), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-  params = init(jax.random.PRNGKey(0))
+  params = perturbed_denoiser_params(model, batch, jax.random.PRNGKey(0))
   denoise_fn = denoise_fn_from_module(model)
 
   def frozen_first_pass(p, z, t, mask, self_cond, *rest):

@@ -19,6 +19,7 @@ from ldlg.methods.gaussian.losses import make_loss_fn
 from ldlg.methods.gaussian.samplers import mask_from_lengths
 from ldlg.methods.gaussian.schedules import get_schedule
 from ldlg.networks.denoiser import Denoiser
+from tests.helpers.denoiser_params import perturbed_denoiser_params
 
 NUM_CLASSES = 2
 
@@ -34,18 +35,7 @@ def test_two_device_step_equals_one_device_step():
   batch = {"latents": jax.random.normal(k_lat, (b, l, d)),
            "mask": mask_from_lengths(jnp.array([6, 1, 3, 5, 2, 6, 4, 6]), l),
            "label": jax.random.randint(k_lab, (b,), 0, NUM_CLASSES)}
-
-  @jax.jit
-  def init(rng):
-    params = model.init(rng, batch["latents"], jnp.zeros((b,), jnp.int32), batch["mask"],
-                        batch["latents"], jnp.ones((b,), bool), batch["label"])["params"]
-    # Move off the zero-initialised output layer so every parameter gets a gradient.
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.fold_in(rng, 1), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-  params = init(k_init)
+  params = perturbed_denoiser_params(model, batch, k_init)
   loss_fn = make_loss_fn(denoise_fn_from_module(model), get_schedule("linear", 100),
                          self_condition_prob=0.5, label_dropout=0.1, num_classes=NUM_CLASSES)
   optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.01,
