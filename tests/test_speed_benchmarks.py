@@ -111,3 +111,16 @@ def test_shrink_keeps_the_paper_structure():
   config = accelerator.shrink(e2e.get_config())
   assert config.model.num_layers == 2 and config.model.dim == 32
   assert config.diffusion.self_condition_prob == 0.5 and config.sample.sampler == "ddim"
+
+
+def test_every_benchmark_module_imports_into_one_process():
+  """absl flags are global: two benchmarks that define the same flag at import time cannot share a process (a
+  test worker), so each defines its flags when run as a program, or under names no other module uses."""
+  import pkgutil  # pylint: disable=import-outside-toplevel
+  import ldlg.benchmarks  # pylint: disable=import-outside-toplevel
+  names = [m.name for m in pkgutil.iter_modules(ldlg.benchmarks.__path__)]
+  assert {"likelihood_curve", "diffuseq_memorise", "speed"} <= set(names)
+  code = "import importlib\nfor n in %r:\n  importlib.import_module('ldlg.benchmarks.' + n)\n" % names
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert proc.returncode == 0, proc.stderr[-2000:]

@@ -136,23 +136,27 @@ def run(workdirs: Sequence[str], data_dir, out: str | pathlib.Path, *, steps: Se
   return result
 
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Run folders (AR baseline or MDLM), comma-separated.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw data folder (as for ldlg.main); else $LDLG_DATA_DIR.")
-_STEPS = flags.DEFINE_list("steps", None, "Checkpoint steps to score (default: every kept one).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: the first workdir).")
+def _define_flags():
+  # Defined only when run as a program: tests import several benchmarks into one process, and absl flags are global.
+  flags.DEFINE_list("workdirs", None, "Run folders (AR baseline or MDLM), comma-separated.")
+  flags.DEFINE_string("data_dir", None, "Raw data folder (as for ldlg.main); else $LDLG_DATA_DIR.")
+  flags.DEFINE_list("steps", None, "Checkpoint steps to score (default: every kept one).")
+  flags.DEFINE_string("out", None, "Output folder (default: the first workdir).")
 
 
 def main(argv):
   del argv
-  if not _WORKDIRS.value:
+  flags_ = flags.FLAGS
+  if not flags_.workdirs:
     raise app.UsageError("--workdirs is required: the run folders to score")
-  steps = [int(s) for s in _STEPS.value] if _STEPS.value else None
-  data_dir = _DATA_DIR.value or os.environ.get("LDLG_DATA_DIR") or None
-  result = run(_WORKDIRS.value, data_dir, _OUT.value or _WORKDIRS.value[0], steps=steps)
+  steps = [int(s) for s in flags_.steps] if flags_.steps else None
+  data_dir = flags_.data_dir or os.environ.get("LDLG_DATA_DIR") or None
+  result = run(flags_.workdirs, data_dir, flags_.out or flags_.workdirs[0], steps=steps)
   print(json.dumps({"reference": result["reference"], "ratios": result["ratios"],
                     "same_tokenizer": result["same_tokenizer"],
                     "runs": {n: r["points"] for n, r in result["runs"].items()}}, indent=2))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
