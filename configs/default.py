@@ -455,8 +455,9 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None, name: str)
   """The dataset configs' variants: none (paper), `cpu` (offline LD4LG), `ar_cpu` (offline GPT-2 baseline),
   `mdlm_cpu` (offline masked diffusion), `diffuseq_cpu` / `ar_seq2seq_cpu` / `ld4lg_seq2seq_cpu` (offline
   DiffuSeq / BART seq2seq baseline / sequence-to-sequence LD4LG; seq2seq datasets only), `official_v1` / `later`
-  (the official code's first-version recipe / the paper's later version, paper size), `cpu_official_v1` / `cpu_later` (the same on the `cpu` sizing), and `compressed` /
-  `cpu_compressed` / `cpu_later_compressed` (LD4LG, or the later version, on the compression network's latents)."""
+  (the official code's first-version recipe / the paper's later version, paper size), `cpu_official_v1` /
+  `cpu_later` (the same on the `cpu` sizing), and `compressed` / `cpu_compressed` / `cpu_later_compressed` (LD4LG,
+  or the later version, on the compression network's latents)."""
   if arg in VARIANTS:
     return VARIANTS[arg](config)
   if arg:

@@ -67,7 +67,8 @@ class Seq2SeqDenoiser(nn.Module):
     segment_embedding: add a learned vector per segment (source / target) to the input, so that every position
       is told which side of the separator it is on (not in DiffuSeq, which leaves that to attention: at high
       noise a target position's input is noise, and the network must find the variable-length source's end
-      from the separator token). Off by default.
+      from the separator token). Off by default. Measured on the memorise benchmark (README, "Memorising 8
+      pairs"): it does not shorten the copy plateau.
   """
   vocab_size: int
   embed_dim: int = 128
