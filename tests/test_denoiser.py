@@ -2,8 +2,10 @@
 
 Tiny sizes (dim 32, 2 layers, 2 heads). The zero-initialised heads (output projection, AdaLN modulation)
 make a freshly initialised model output exactly 0, which would make every equivalence below trivial, so
-the tests perturb all parameters with noise first (`_randomize`).
+the tests perturb all parameters with noise first (`perturbed`).
 """
+
+import functools
 
 import chex
 import jax
@@ -13,16 +15,10 @@ import pytest
 
 from ldlg.networks import Denoiser, count_params
 from ldlg.networks.attention import relative_position_bucket
+from tests.helpers.denoiser_params import perturbed
 
 LATENT, DIM, LAYERS, HEADS, MAX_LEN, B, L = 16, 32, 2, 2, 12, 4, 10
 TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=LAYERS, num_heads=HEADS, max_len=MAX_LEN)
-
-
-def _randomize(params, seed=1, scale=0.2):
-  """Adds Gaussian noise to every parameter so no path is a no-op at initialisation."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return tree.unflatten([p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
 
 
 def _inputs(seed=0, lengths=(10, 7, 3, 1)):
@@ -34,11 +30,16 @@ def _inputs(seed=0, lengths=(10, 7, 3, 1)):
   return z_t, t, mask, self_cond
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model, rng, *args):
+  # Jitted: op by op, the init of even this tiny transformer takes ~25 s on 2 loaded cores.
+  return model.init(rng, *args)["params"]
+
+
 def _model_and_params(**kw):
   model = Denoiser(**{**TINY, **kw})
   z_t, t, mask, self_cond = _inputs()
-  params = model.init(jax.random.key(0), z_t, t, mask, self_cond)["params"]
-  return model, _randomize(params)
+  return model, perturbed(_init(model, jax.random.key(0), z_t, t, mask, self_cond))
 
 
 @pytest.fixture(scope="module")

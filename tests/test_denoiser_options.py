@@ -1,7 +1,7 @@
 """The Denoiser's later-version / official-code options: defaults unchanged, each option's shapes and the
 equivalence that defines it, and the engine's pmapped step (1 vs 2 devices) and exact resume with all on.
 
-Tiny sizes (dim 32, latent 16). Parameters are perturbed first (`_randomize`): the zero-initialised heads
+Tiny sizes (dim 32, latent 16). Parameters are perturbed first (`perturbed`): the zero-initialised heads
 would otherwise make every output 0 and every equivalence trivial.
 """
 import functools
@@ -22,6 +22,7 @@ from ldlg.networks import Denoiser
 from ldlg.networks.attention import RelativePositionBias
 from ldlg.networks.denoiser import noise_level_table
 from ldlg.networks.embeddings import ScaledRelativePositionBias
+from tests.helpers.denoiser_params import perturbed
 
 LATENT, DIM, B, L = 16, 32, 4, 10
 TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=2, num_heads=2, max_len=12, num_classes=3)
@@ -30,12 +31,6 @@ NEW_DEFAULTS = dict(time_input="t", noise_schedule="linear", beta_start=1e-4, be
                     head_dim=0, gelu_approximate=True)
 ALL_ON = dict(time_input="alpha_bar", noise_schedule="cosine", self_cond_mode="concat", unet_skips=True,
               init_scales="official_v1", head_dim=8)
-
-
-def _randomize(params, seed=1, scale=0.2):
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return tree.unflatten([p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
 
 
 def _inputs(seed=0, lengths=(10, 7, 3, 1)):
@@ -53,7 +48,7 @@ def _init(model, rng, *args):
 def _build(**kw):
   model = Denoiser(**{**TINY, **kw})
   z_t, t, mask, self_cond = _inputs()
-  return model, _randomize(_init(model, jax.random.key(0), z_t, t, mask, self_cond))
+  return model, perturbed(_init(model, jax.random.key(0), z_t, t, mask, self_cond))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("train",))
@@ -77,7 +72,7 @@ def test_new_fields_at_their_defaults_change_nothing():
     p_new = _init(new, jax.random.key(0), z_t, t, mask, self_cond)
     assert _shapes(p_old) == _shapes(p_new)
     jax.tree.map(np.testing.assert_array_equal, p_old, p_new)
-    params = _randomize(p_old)
+    params = perturbed(p_old)
     for args in ((z_t, t, mask, self_cond, has, cid), (z_t, t, mask)):
       run = lambda m: _apply(m, params, *args, train=True, rngs={"dropout": jax.random.key(5)})
       np.testing.assert_array_equal(run(old), run(new))
@@ -172,7 +167,7 @@ def test_official_init_scales():
   assert 0.8 < float(jnp.std(fresh["rel_pos_bias"]["embedding"])) < 1.2
   assert 0.8 < float(jnp.std(fresh["class_embed"]["embedding"])) < 1.2
   assert float(jnp.std(_init(Denoiser(**TINY), jax.random.key(0), z_t, t, mask)["pos_embed"])) < 0.05
-  params = _randomize(fresh)
+  params = perturbed(fresh)
   folded = dict(params, pos_embed=params["pos_embed"] * DIM ** -0.5,
                 rel_pos_bias={"embedding": params["rel_pos_bias"]["embedding"] * np.sqrt(8)})
   default = Denoiser(**TINY, head_dim=8)
@@ -215,7 +210,7 @@ def _job(model, b=8, l=6):
                                          b2=0.999, eps=1e-8, grad_clip=1.0, decay_mask="matrices"))
 
   def init_params(rng):
-    return _randomize(model.init(rng, jnp.asarray(latents), jnp.zeros((b,), jnp.int32),
+    return perturbed(model.init(rng, jnp.asarray(latents), jnp.zeros((b,), jnp.int32),
                                  jnp.asarray(host_batch["mask"]), jnp.asarray(latents))["params"])
 
   def batches(start_step, num_devices=1):
