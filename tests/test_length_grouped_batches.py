@@ -1,5 +1,8 @@
 """LengthGroupedOrder: batches of similar length, in random order, as a function of (seed, step) alone."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -74,12 +77,7 @@ def test_bad_arguments_are_named():
     LengthGroupedOrder(np.ones(50), 8, seed=0, group_batches=2).batch(-1)
 
 
-@pytest.mark.slow
-def test_length_grouping_benchmark_on_a_tiny_run(tiny_cli_run, data_dir, tmp_path):
-  """The benchmark reads the run's real lengths: over one epoch of the denoiser's batches the grouped order pads
-  to no more positions than the random one (sorting within each group minimises every batch's longest member)."""
-  import json
-  import shutil
+def _tiny_benchmark(tiny_cli_run, tmp_path, data_dir, parts):
   from configs import tiny
   from ldlg.benchmarks import length_grouping
   from ldlg.engine.workdir import Workdir
@@ -87,19 +85,31 @@ def test_length_grouping_benchmark_on_a_tiny_run(tiny_cli_run, data_dir, tmp_pat
   shutil.copytree(tiny_cli_run, tmp_path / "run", symlinks=True)
   epoch = 256 // config.train.batch_size
   result = length_grouping.run(config, Workdir(tmp_path / "run"), data_dir, group=4, steps=epoch, rounds=1,
-                               calls=1, parts=("denoiser", "bart", "sampler"), sample_steps=2)
+                               calls=1, parts=parts, sample_steps=2)
   json.dumps(result)
+  return config, epoch, result
+
+
+def _check_loop(result, part, epoch):
+  r = result[part]
+  for order in ("random", "grouped"):
+    assert sum(r[order]["width_counts"].values()) == epoch
+    assert set(r[order]["width_counts"]) <= set(r["seconds_by_width"])
+    assert r[order]["expected_seconds_per_step"] > 0
+  assert r["ratio_grouped_to_random"] > 0
+
+
+@pytest.mark.slow
+def test_length_grouping_benchmark_on_a_tiny_run(tiny_cli_run, data_dir, tmp_path):
+  """The benchmark reads the run's real lengths: over one epoch of the denoiser's batches the grouped order pads
+  to no more positions than the random one (sorting within each group minimises every batch's longest member)."""
+  from ldlg.benchmarks import length_grouping
+  from ldlg.engine.workdir import Workdir
+  config, epoch, result = _tiny_benchmark(tiny_cli_run, tmp_path, data_dir, ("denoiser", "sampler"))
   den = result["denoiser"]
   assert den["grouped"]["mean_width"] <= den["random"]["mean_width"]
   assert 0 < den["random"]["fill"] <= den["grouped"]["fill"] <= 1
-  for part in ("denoiser", "bart"):
-    r = result[part]
-    for order in ("random", "grouped"):
-      assert sum(r[order]["width_counts"].values()) == epoch
-      assert set(r[order]["width_counts"]) <= set(r["seconds_by_width"])
-      assert r[order]["expected_seconds_per_step"] > 0
-    assert r["ratio_grouped_to_random"] > 0
-  assert all(w % config.autoencoder.pad_multiple == 0 for w in result["bart"]["seconds_by_width"])
+  _check_loop(result, "denoiser", epoch)
   # The sample stage: every batch at model.max_len, against sorted lengths in 8-position buckets.
   smp, batches = result["sampler"], config.sample.num_samples // config.sample.batch_size
   assert smp["random"]["width_counts"] == {config.model.max_len: batches}
@@ -109,3 +119,13 @@ def test_length_grouping_benchmark_on_a_tiny_run(tiny_cli_run, data_dir, tmp_pat
   assert 0 < smp["random"]["fill"] <= smp["grouped"]["fill"] <= 1 and smp["ratio_grouped_to_random"] > 0
   with pytest.raises(ValueError, match="--group must be >= 1"):
     length_grouping.run(config, Workdir(tmp_path / "run"), data_dir, group=0, steps=2, rounds=1, calls=1)
+
+
+@pytest.mark.slow
+@pytest.mark.extended
+def test_length_grouping_benchmark_bart_loop_on_a_tiny_run(tiny_cli_run, data_dir, tmp_path):
+  """The BART pretraining loop's report: widths on the autoencoder's pad multiple. Extended, to keep CI under its
+  budget: it compiles one BART train step per width. Its batching (`bart_widths`) is checked only here."""
+  config, epoch, result = _tiny_benchmark(tiny_cli_run, tmp_path, data_dir, ("bart",))
+  _check_loop(result, "bart", epoch)
+  assert all(w % config.autoencoder.pad_multiple == 0 for w in result["bart"]["seconds_by_width"])
