@@ -54,7 +54,7 @@ def pytest_addoption(parser):
 # The longest files first, so that under `--dist loadfile` neither worker is left with one of them at the end;
 # the fault-injection file builds `tiny_cli_run`, which the files that only read it (last) then find ready.
 FIRST = ("test_fault_injection", "test_train", "test_speed_benchmarks", "test_method_pipelines")
-LAST = ("test_pipeline", "test_diagnostics", "test_length_grouped_batches")
+LAST = ("test_pipeline", "test_diagnostics", "test_length_grouped_batches", "test_compressed_codec")
 
 
 def _file_rank(item) -> int:

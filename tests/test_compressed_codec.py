@@ -4,6 +4,7 @@ valid, samples at length N and decodes through the network; retrained weights ma
 
 import importlib
 import json
+import shutil
 
 import flax.serialization
 import jax
@@ -55,12 +56,17 @@ def test_validation_names_a_denoiser_that_does_not_fit_and_a_method_that_cannot_
 
 
 @pytest.mark.slow
-def test_tiny_compressed_pipeline(tmp_path, data_dir, caplog):
+def test_tiny_compressed_pipeline(tiny_cli_run, tmp_path, data_dir, caplog):
   config = tiny.get_config("compressed")
   config.eval.likelihood_examples = 0  # The latent likelihood is the plain LD4LG pipeline test's.
   n, w = config.compression.num_latents, config.compression.latent_width
   wd = Workdir(tmp_path / "wd")
+  # The plain tiny run's BART (the same autoencoder and data config): the pipeline starts at train_compression,
+  # as it does for a user who adds compression to a finished run.
+  shutil.copytree(Workdir(tiny_cli_run).autoencoder_dir, wd.autoencoder_dir, symlinks=True)
+  caplog.set_level("INFO")
   pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
+  assert "Stage pretrain_autoencoder: already done" in caplog.text
   report = json.loads((compression_codec.compression_dir(wd) / compression_codec.DONE_FILE).read_text())
   assert report["step"] == config.compression.num_steps
   assert report["scores"]["num_sentences"] == config.autoencoder.eval_num_sentences
@@ -79,7 +85,7 @@ def test_tiny_compressed_pipeline(tmp_path, data_dir, caplog):
   np.testing.assert_allclose(store.gather(np.arange(4), normalize=False)["latents"], z, atol=2e-2)
   records = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
   assert len(records) == config.sample.num_samples and {r["length"] for r in records} == {n}
-  caplog.set_level("INFO")
+  caplog.clear()
   pipeline.run("pipeline", config, wd.root, data_dir=data_dir)
   assert all(f"Stage {s.name}: already done" in caplog.text for s in methods.stages(config))
   # Other compression weights (a retrained network): the latents are stale, and the precompute rebuilds them.
