@@ -6,8 +6,8 @@ Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 
   project: its time and results will be measured on the first GPU session and recorded in the README.
   The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
 
-Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): the project's own tokenizer + small BART autoencoder trained on E2E, then a small
-denoiser. This is the README's main job.
+Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): the project's own
+tokenizer + small BART autoencoder trained on E2E, then a small denoiser. This is the README's main job.
   python -m ldlg.main --config=configs/e2e.py:cpu --workdir=runs/e2e_cpu --mode=pipeline --data_dir=../shared/data
   Hardware: 2 CPU cores. Time and results: see the README's results section (measured there, not guessed here).
 """

@@ -7,8 +7,10 @@ Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 
   The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
   ROCStories has no train split locally (see shared/data/rocstories/SOURCE.md): locally this trains on the
   1,000-story validation pool and evaluates on the 4,000-story test pool. With the full corpus set train_split=train.
-Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small BART trained on the corpus, then a small denoiser.
-  python -m ldlg.main --config=configs/rocstories.py:cpu --workdir=runs/rocstories_cpu --mode=pipeline --data_dir=../shared/data
+Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small
+BART trained on the corpus, then a small denoiser.
+  python -m ldlg.main --config=configs/rocstories.py:cpu --workdir=runs/rocstories_cpu --mode=pipeline \
+      --data_dir=../shared/data
   Hardware: 2 CPU cores. Time and results: see the README's results section.
 """
 

@@ -6,14 +6,18 @@ Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 
   project: its time and results will be measured on the first GPU session and recorded in the README.
   The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
 
-Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small BART trained on the corpus, then a small denoiser.
-  python -m ldlg.main --config=configs/sst.py:cpu --workdir=runs/sst_cpu --mode=pipeline --data_dir=../shared/data
+Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small
+BART trained on the corpus, then a small denoiser.
+  python -m ldlg.main --config=configs/sst.py:cpu --workdir=runs/sst_cpu --mode=pipeline \
+      --data_dir=../shared/data
   Hardware: 2 CPU cores. Time and results: see the README's results section.
 
 The official code's choices as variants (configs/default.py: make_official_v1, make_later_version), on the `:cpu`
 sizing or (without the `cpu_` prefix) at paper size:
-  python -m ldlg.main --config=configs/sst.py:cpu_official_v1 --workdir=runs/sst_cpu_v1 --mode=pipeline --data_dir=../shared/data
-  python -m ldlg.main --config=configs/sst.py:cpu_later --workdir=runs/sst_cpu_later --mode=pipeline --data_dir=../shared/data
+  python -m ldlg.main --config=configs/sst.py:cpu_official_v1 --workdir=runs/sst_cpu_v1 --mode=pipeline \
+      --data_dir=../shared/data
+  python -m ldlg.main --config=configs/sst.py:cpu_later --workdir=runs/sst_cpu_later --mode=pipeline \
+      --data_dir=../shared/data
   Hardware: 2 CPU cores, as `:cpu`. Not yet measured: they exist to find out which choice moves MAUVE, judge
   perplexity and class accuracy (issue 13).
 """

@@ -7,8 +7,9 @@ r"""Side-by-side A/B timing of config variants of one hot loop, in one process: 
 The baseline is the config as given; each --variant is a comma-separated list of `section.field=value`
 overrides of it (values parsed as Python literals when they are, else kept as strings). Every variant is built
 and compiled first; then `--rounds` rounds each time `--calls` back-to-back calls of every variant in turn
-(the order rotated from round to round), so all of them see the same drift in the machine's load. Reported per variant: the median
-seconds per call and the median over rounds of the per-round ratio variant / baseline (below 1 = faster).
+(the order rotated from round to round), so all of them see the same drift in the machine's load. Reported per
+variant: the median seconds per call and the median over rounds of the per-round ratio variant / baseline (below
+1 = faster).
 Printed as JSON.
 """
 

@@ -28,24 +28,6 @@ from ldlg.methods.seq2seq import losses
 from ldlg.methods.seq2seq.network import Seq2SeqDenoiser
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "raw-data root (holds e2e/)", required=True)
-flags.DEFINE_integer("num_pairs", 8, "first N training pairs of E2E")
-flags.DEFINE_integer("dim", 128, "transformer width")
-flags.DEFINE_integer("num_layers", 4, "transformer blocks")
-flags.DEFINE_integer("num_heads", 4, "attention heads")
-flags.DEFINE_integer("embed_dim", 128, "embedding width d")
-flags.DEFINE_float("dropout", 0.0, "dropout (active in training)")
-flags.DEFINE_float("lr", 1e-3, "Adam learning rate")
-flags.DEFINE_integer("num_steps", 1500, "optimizer steps")
-flags.DEFINE_integer("eval_every", 100, "steps between records")
-flags.DEFINE_integer("num_timesteps", 2000, "T of the sqrt schedule")
-flags.DEFINE_integer("max_len", 96, "sequence length L")
-flags.DEFINE_integer("max_source_len", 48, "source tokens at most")
-flags.DEFINE_bool("freeze_embedding", False, "keep the N(0, 1) embedding fixed (no shrinking shortcut)")
-flags.DEFINE_bool("segment_embedding", False, "tell each position its segment (Seq2SeqDenoiser.segment_embedding)")
-flags.DEFINE_string("tokenizer", "", "a Hugging Face tokenizer folder (default: words of the pairs)")
-flags.DEFINE_integer("seed", 0, "init and noise seed")
-flags.DEFINE_string("out", "", "write the JSON here too")
 
 
 def memorise(sources, targets, tokenizer, *, dim, num_layers, num_heads, embed_dim, dropout, lr, num_steps,
@@ -130,5 +112,29 @@ def main(argv):
       json.dump(result, fh, indent=1)
 
 
+def _define_flags() -> None:
+  # Defined only when run as a program: at import they would clash with other benchmarks' flags of the same name
+  # (--data_dir) in one process, as in a shared test worker.
+  flags.DEFINE_string("data_dir", None, "raw-data root (holds e2e/)", required=True)
+  flags.DEFINE_integer("num_pairs", 8, "first N training pairs of E2E")
+  flags.DEFINE_integer("dim", 128, "transformer width")
+  flags.DEFINE_integer("num_layers", 4, "transformer blocks")
+  flags.DEFINE_integer("num_heads", 4, "attention heads")
+  flags.DEFINE_integer("embed_dim", 128, "embedding width d")
+  flags.DEFINE_float("dropout", 0.0, "dropout (active in training)")
+  flags.DEFINE_float("lr", 1e-3, "Adam learning rate")
+  flags.DEFINE_integer("num_steps", 1500, "optimizer steps")
+  flags.DEFINE_integer("eval_every", 100, "steps between records")
+  flags.DEFINE_integer("num_timesteps", 2000, "T of the sqrt schedule")
+  flags.DEFINE_integer("max_len", 96, "sequence length L")
+  flags.DEFINE_integer("max_source_len", 48, "source tokens at most")
+  flags.DEFINE_bool("freeze_embedding", False, "keep the N(0, 1) embedding fixed (no shrinking shortcut)")
+  flags.DEFINE_bool("segment_embedding", False, "tell each position its segment (Seq2SeqDenoiser.segment_embedding)")
+  flags.DEFINE_string("tokenizer", "", "a Hugging Face tokenizer folder (default: words of the pairs)")
+  flags.DEFINE_integer("seed", 0, "init and noise seed")
+  flags.DEFINE_string("out", "", "write the JSON here too")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -104,7 +104,8 @@ def compare(orders: dict[str, dict], seconds: dict[int, float], num_steps: int) 
     out[name] = {"mean_width": float(np.mean(o["widths"])), "fill": o["fill"],
                  "width_counts": {int(w): int(c) for w, c in zip(*np.unique(o["widths"], return_counts=True))},
                  "expected_seconds_per_step": expected, "expected_stage_minutes": expected * num_steps / 60}
-  out["ratio_grouped_to_random"] = out["grouped"]["expected_seconds_per_step"] / out["random"]["expected_seconds_per_step"]
+  out["ratio_grouped_to_random"] = (out["grouped"]["expected_seconds_per_step"]
+                                    / out["random"]["expected_seconds_per_step"])
   out["seconds_by_width"] = {int(w): s for w, s in seconds.items()}
   return out
 
@@ -150,7 +151,8 @@ def run(config: ml_collections.ConfigDict, workdir: Workdir, data_dir, *, group:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(workdir.autoencoder_dir))
     ae = config.autoencoder
     texts = bart_stages.pretraining_texts(config, load_texts(config, data_dir, workdir, config.data.train_split))
-    token_ids = [np.asarray(x, np.int32) for x in tokenizer(texts, truncation=True, max_length=ae.max_length)["input_ids"]]
+    encoded = tokenizer(texts, truncation=True, max_length=ae.max_length)["input_ids"]
+    token_ids = [np.asarray(x, np.int32) for x in encoded]
     orders = {"random": bart_widths(token_ids, ae, tokenizer, 0, steps),
               "grouped": bart_widths(token_ids, ae, tokenizer, group, steps)}
     widths = orders["random"]["widths"] + orders["grouped"]["widths"]

@@ -8,8 +8,8 @@ For each number of steps T and batch size B it builds two compiled samplers of t
 ancestral, and the caching one that skips the network on a step where no token of the batch changed), compiles
 both, then times `--rounds` rounds of one call each, A B A B (the order alternating), so both see the same drift
 in the machine's load. Reported per (T, B): samples/s of each (median over rounds), the median per-round speed-up
-plain / cached, the network calls each made, the share of steps the cache skipped, whether both drew the same tokens, and how often
-each was traced again after its first call (0 = no recompilation).
+plain / cached, the network calls each made, the share of steps the cache skipped, whether both drew the same
+tokens, and how often each was traced again after its first call (0 = no recompilation).
 
 Random weights unless --workdir names a trained run (its tokenizer and EMA parameters): the speed, and the steps
 the cache skips, do not depend on the weights. Which positions are revealed at a step is drawn from the schedule

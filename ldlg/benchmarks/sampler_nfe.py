@@ -12,8 +12,8 @@ start from the same lengths; the draws of one point are independent sample sets,
 run-to-run noise of that setting.
 
 Speed is the latent sampler's alone (what the NFE changes; the decode costs the same at every NFE): one batch of
-`config.sample.batch_size` masks, compiled ahead of time, then `--repeats` timed calls; `latent_samples_per_s` is the batch
-over the median call. `text_seconds` is the wall time of sampling and decoding the point's texts (compilation
+`config.sample.batch_size` masks, compiled ahead of time, then `--repeats` timed calls; `latent_samples_per_s` is
+the batch over the median call. `text_seconds` is the wall time of sampling and decoding the point's texts (compilation
 included), for scale. `retraces` counts network traces after the first call of the timed sampler (0 = one compiled
 program per point).
 

@@ -39,7 +39,8 @@ def load_flax_model(cls: Any, name_or_path: str, **kwargs: Any) -> tuple[Any, An
     return model, model.params
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
-  from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
   dtype_kw = {k: v for k, v in kwargs.items() if k == "dtype"}
   model = cls(AutoConfig.from_pretrained(name_or_path), _do_init=False, **dtype_kw)
   shapes = model.params_shape_tree

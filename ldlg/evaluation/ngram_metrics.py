@@ -16,7 +16,7 @@ Known differences from spaCy: title abbreviations ("Mr.") lose their period to a
 URLs/emoticons are split at punctuation. The raw counts can therefore differ slightly from spaCy's on such
 text; comparisons inside this project use one tokenizer throughout.
 
-Definitions (as the reference code computes them; all pooled over the whole set of texts, as the reference computes them):
+Definitions (as the reference code computes them; all pooled over the whole set of texts):
   rep_n       = 1 - |unique n-grams| / |n-grams|       (counts summed over texts, uniques over the union)
   diversity   = prod_{n=2..4} (1 - rep_n)
   memorization = (# generated 4-grams, with multiplicity, that occur anywhere in the training texts)

@@ -118,7 +118,8 @@ _PRICE = {
     "moderate": [r"moderate\w*", r"reasonabl\w*", "mid range", *_near(r"(?:average|medium|mid)", _PRICE_WORD),
                  r"(?:£ )?20 (?:to )?(?:£ )?25"],
     "high": ["expensive", "pricey", "costly", "high end", "upscale", r"luxur\w*", *_near(r"high\w*", _PRICE_WORD),
-             r"(?:more than|over|above|higher than) (?:£ )?30", r"(?:£ )?30 (?:pounds )?(?:or|and) (?:more|above|over)"],
+             r"(?:more than|over|above|higher than) (?:£ )?30",
+             r"(?:£ )?30 (?:pounds )?(?:or|and) (?:more|above|over)"],
 }
 _PRICE_LEVEL = {"cheap": "cheap", "less than £ 20": "cheap", "moderate": "moderate", "£ 20 25": "moderate",
                 "high": "high", "more than £ 30": "high"}

@@ -20,8 +20,8 @@ is the sample, as in DDIM (the final "denoising" step of Song et al.). With α =
   -(z - α x̂0)/σ²: z ← z + (½β z + β ∇log p) Δ + sqrt(βΔ) ε, Δ = t_i - t_{i+1}. Needs hundreds of steps
   (the drift is stiff where σ² is small).
 - Predictor–corrector (Song et al. 2021): Langevin corrector z ← z + s ∇log p + sqrt(2s) ε with
-  s = 2 a (r ‖ε‖ / ‖∇log p‖)² (target SNR r, a = 1 - β of one discrete step at t; norms per example over its
-  valid entries, so the result does not depend on the batch), then the reverse-diffusion predictor of the
+  s = 2 a (r ‖ε‖ / ‖∇log p‖)² (target SNR r, a = 1 - β of one discrete step at t; norms per example over
+  its valid entries, so the result does not depend on the batch), then the reverse-diffusion predictor of the
   forward transition t_{i+1} → t_i with β_s = 1 - ᾱ(t_i)/ᾱ(t_{i+1}):
     z ← (2 - sqrt(1 - β_s)) z + β_s ∇log p + sqrt(β_s) ε.
 Both DPM-Solver++ forms and Euler–Maruyama are affine in (x̂0_i, x̂0_{i-1}, z, ε) with coefficients precomputed in

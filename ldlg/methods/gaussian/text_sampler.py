@@ -204,7 +204,8 @@ class TextSampler:
         width = max(len(ta), len(tb))
         row.append(sum(x != y for x, y in zip(ta + [-1] * (width - len(ta)), tb + [-1] * (width - len(tb)))))
       changed.append(row)
-    return {"steps": steps, "texts": texts, "final": self.decode_latents(np.asarray(x0), inputs), "tokens_changed": changed}
+    return {"steps": steps, "texts": texts, "final": self.decode_latents(np.asarray(x0), inputs),
+            "tokens_changed": changed}
 
   def plan_lengths(self, seed: int, num_samples: int, draw=None) -> np.ndarray:
     """[num_samples] lengths drawn before batching, from their own stream default_rng([seed, _LENGTH_STREAM]):

@@ -2,8 +2,10 @@
 
 For a sequence x of L tokens, with z_t drawn by masking each token independently with probability 1 - α_t:
 
-  continuous time:  NELBO(x) = ∫_0^1 w(t) E_q [ Σ_{ℓ: z_t^ℓ = m} -log x_θ^ℓ(z_t)[x^ℓ] ] dt,   w(t) = -α'_t / (1-α_t)
-  T steps:          NELBO_T(x) = Σ_{i=1}^T w_i E_q(z_{t_i}) [ same sum ],   t_i = i/T, w_i = (α_{t_{i-1}} - α_{t_i}) / (1-α_{t_i})
+  continuous time:  NELBO(x) = ∫_0^1 w(t) E_q [ Σ_{ℓ: z_t^ℓ = m} -log x_θ^ℓ(z_t)[x^ℓ] ] dt,
+                    w(t) = -α'_t / (1-α_t)
+  T steps:          NELBO_T(x) = Σ_{i=1}^T w_i E_q(z_{t_i}) [ same sum ],
+                    t_i = i/T,   w_i = (α_{t_{i-1}} - α_{t_i}) / (1-α_{t_i})
 
 (x_θ with SUBS: unmasked positions contribute log 1 = 0 exactly, so the sum may run over every position.)
 Estimated with one (t, z_t) per example. Times are low-discrepancy: t_i = (u + i/B) mod 1 for the example of
