@@ -52,6 +52,13 @@ def test_every_hot_loop_compiles_once_and_reports_its_rate():
     assert r["traces"] == 1, (part, r["traces"])  # calls and the cost-analysis lowering share one trace
     assert r["flops"] > 0 and r["flops_per_s"] > 0 and r["roofline_fraction"] > 0, part
   assert result["sample"]["num_steps"] == 20  # --quick samples 20 steps, whatever the config says
+  # The block's matmuls timed alone: projections over every token of the global batch; the step-level fraction is
+  # a FLOP-weighted harmonic mean of the shapes', so it lies between their extremes.
+  alone = result["train"]["matmuls_alone"]
+  assert alone["shapes"]["mlp_in"]["shape"] == [1, config.train.batch_size * 8, config.model.dim,
+                                                 config.model.ff_mult * config.model.dim]
+  fractions = [r["roofline_fraction"] for r in alone["shapes"].values()]
+  assert min(fractions) <= alone["block_roofline_fraction"] <= max(fractions) and min(fractions) > 0
   assert result["sample"]["forward_seconds"] > 0 and result["sample"]["forward_share"] > 0
   # The decode is forced to full length, so its FLOPs are those of (max_decode_length - 1) steps, each more than
   # the LM head alone (rows x d_model x vocab multiply-adds).

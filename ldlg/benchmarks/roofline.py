@@ -6,6 +6,8 @@
   of a while loop (lax.scan, lax.while_loop, lax.fori_loop) ONCE, whatever its trip count, so a loop's FLOPs
   are measured on its body compiled alone and multiplied by the trip count (see ldlg/benchmarks/speed.py).
   A `lax.cond` is counted as XLA counts it (`cond_flops_note`).
+- `matmul_shape_rates(shapes, peak)`: FLOP/s of a model's own matmul shapes, timed side by side: how much of the
+  roofline a loop could reach if its matmuls were all it did.
 - `time_calls(fn, repeats, calls)`: wall seconds per call after a warm-up, median and min over repeats.
 - `TraceCounter`: wraps a function so every trace (not call) is counted: more than one per input shape means
   something recompiles.
@@ -109,6 +111,32 @@ def matmul_roofline(n: int = 2048, dtype: str = "float32", repeats: int = 5) -> 
   flops = 2.0 * n ** 3
   return {"n": n, "dtype": dtype, "flops_per_s": flops / t["median_s"], "best_flops_per_s": flops / t["min_s"],
           "seconds": t["median_s"]}
+
+
+def matmul_shape_rates(shapes: dict[str, tuple[int, int, int, int]], peak: dict, *, dtype: str = "float32",
+                       rounds: int = 5, flops_per_timing: float = 2e8) -> dict[str, dict]:
+  """FLOP/s of batched matmuls [b, m, k] x [b, k, n] at the given shapes, measured side by side (`interleaved_times`).
+
+  Args:
+    shapes: {name: (b, m, k, n)}.
+    peak: a `matmul_roofline` result of the same run, for the fractions.
+  Returns:
+    {name: {"shape": [b, m, k, n], "flops_per_s" (fastest round), "roofline_fraction" (over the fastest roofline
+    repeat)}}.
+  """
+  calls, flops = {}, {}
+  for name, (b, m, k, n) in shapes.items():
+    x, y = jnp.ones((b, m, k), dtype), jnp.ones((b, k, n), dtype)
+    mm = jax.jit(lambda u, v: jnp.einsum("bmk,bkn->bmn", u, v, preferred_element_type=jnp.float32))
+    calls[name] = lambda mm=mm, x=x, y=y: mm(x, y)
+    flops[name] = 2.0 * b * m * k * n
+  per_call = max(1, int(flops_per_timing // min(flops.values())))
+  times = interleaved_times(calls, rounds=rounds, calls=per_call)
+  out = {}
+  for name, t in times.items():
+    rate = flops[name] / min(t)
+    out[name] = {"shape": list(shapes[name]), "flops_per_s": rate, "roofline_fraction": rate / peak["best_flops_per_s"]}
+  return out
 
 
 def cond_flops_note() -> str:

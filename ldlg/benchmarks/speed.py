@@ -8,7 +8,10 @@ r"""Speed of every hot loop against a measured matmul roofline, printed as JSON 
 
 In one process it measures the FLOP/s of a large fp32 matmul (and a bf16 one) on the default device, then for
 each hot loop
-  train     the denoiser's pmapped train step (global batch config.train.batch_size, --length tokens),
+  train     the denoiser's pmapped train step (global batch config.train.batch_size, --length tokens), and
+            `matmuls_alone`: the FLOP/s of its block's own matmul shapes timed side by side, and the roofline
+            fraction a step made only of them would reach (`block_roofline_fraction`): the ceiling set by the
+            shapes, against which the step's own fraction shows the time spent outside the matmuls,
   pretrain  the BART denoising-autoencoder train step (config.autoencoder sizes; bart-base sizes when the
             config loads a pretrained BART), batch autoencoder.batch_size x autoencoder.max_length tokens,
   sample    one call of the compiled sampler (config.sample.batch_size x model.max_len, num_steps steps), and
@@ -126,6 +129,29 @@ def denoiser_train_call(config, length: int):
   return call, flops, counter, params
 
 
+def denoiser_block_matmuls(config, length: int) -> tuple[dict, dict]:
+  """The matmul shapes of one denoiser self-attention block at the global batch, {name: (b, m, k, n)}, and how many
+  of each the block's forward runs (q, k, v and output projections; the MLP's two; attention scores and values)."""
+  cfg = config.model
+  rows, dim, heads = int(config.train.batch_size) * length, int(cfg.dim), int(cfg.num_heads)
+  head_dim = int(cfg.get("head_dim", 0) or dim // heads)
+  inner, ff = heads * head_dim, int(cfg.ff_mult) * dim
+  shapes = {"qkv_projection": (1, rows, dim, inner), "output_projection": (1, rows, inner, dim),
+            "mlp_in": (1, rows, dim, ff), "mlp_out": (1, rows, ff, dim),
+            "attention": (int(config.train.batch_size) * heads, length, head_dim, length)}
+  return shapes, {"qkv_projection": 3, "output_projection": 1, "mlp_in": 1, "mlp_out": 1, "attention": 2}
+
+
+def matmul_bound(config, peak, length: int, *, rounds: int) -> dict:
+  """The block's matmul shapes timed alone, and the fraction of the roofline a step made only of them would reach
+  (FLOP-weighted over one block's forward): the ceiling the step's `roofline_fraction` is to be read against."""
+  shapes, counts = denoiser_block_matmuls(config, length)
+  rates = roofline.matmul_shape_rates(shapes, peak, dtype=str(jnp.dtype(config.model.dtype)), rounds=rounds)
+  flops = {name: counts[name] * 2.0 * np.prod(shape) for name, shape in shapes.items()}
+  seconds = sum(flops[name] / rates[name]["flops_per_s"] for name in shapes)
+  return {"shapes": rates, "block_roofline_fraction": sum(flops.values()) / seconds / peak["best_flops_per_s"]}
+
+
 def bench_train(config, peak, *, length, repeats, calls) -> dict:
   batch_size = config.train.batch_size
   call, flops_fn, counter, params = denoiser_train_call(config, length)
@@ -137,7 +163,8 @@ def bench_train(config, peak, *, length, repeats, calls) -> dict:
           "params": count_params(params), "seconds_per_step": timing["median_s"],
           "seconds_min": timing["min_s"], "latent_tokens_per_s": batch_size * length / timing["median_s"],
           **_rate(flops, timing, peak[config.model.dtype]), "first_call_s": first,
-          "traces": traces}
+          "traces": traces, "matmuls_alone": matmul_bound(config, peak[config.model.dtype], length,
+                                                         rounds=max(repeats, 3))}
 
 
 def bart_train_call(config, width: int | None = None):
