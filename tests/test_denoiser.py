@@ -5,8 +5,6 @@ make a freshly initialised model output exactly 0, which would make every equiva
 the tests perturb all parameters with noise first (`perturbed`).
 """
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,7 @@ import pytest
 
 from ldlg.networks import Denoiser, count_params
 from ldlg.networks.attention import relative_position_bucket
-from tests.helpers.denoiser_params import perturbed
+from tests.helpers.denoiser_params import init_params, perturbed
 
 LATENT, DIM, LAYERS, HEADS, MAX_LEN, B, L = 16, 32, 2, 2, 12, 4, 10
 TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=LAYERS, num_heads=HEADS, max_len=MAX_LEN)
@@ -30,16 +28,10 @@ def _inputs(seed=0, lengths=(10, 7, 3, 1)):
   return z_t, t, mask, self_cond
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model, rng, *args):
-  # Jitted: op by op, the init of even this tiny transformer takes ~25 s on 2 loaded cores.
-  return model.init(rng, *args)["params"]
-
-
 def _model_and_params(**kw):
   model = Denoiser(**{**TINY, **kw})
   z_t, t, mask, self_cond = _inputs()
-  return model, perturbed(_init(model, jax.random.key(0), z_t, t, mask, self_cond))
+  return model, perturbed(init_params(model, jax.random.key(0), z_t, t, mask, self_cond))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from ldlg.networks import Denoiser
 from ldlg.networks.attention import RelativePositionBias
 from ldlg.networks.denoiser import noise_level_table
 from ldlg.networks.embeddings import ScaledRelativePositionBias
-from tests.helpers.denoiser_params import perturbed
+from tests.helpers.denoiser_params import init_params, perturbed
 
 LATENT, DIM, B, L = 16, 32, 4, 10
 TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=2, num_heads=2, max_len=12, num_classes=3)
@@ -40,15 +40,10 @@ def _inputs(seed=0, lengths=(10, 7, 3, 1)):
           jax.random.normal(k2, (B, L, LATENT)))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model, rng, *args):
-  return model.init(rng, *args)["params"]
-
-
 def _build(**kw):
   model = Denoiser(**{**TINY, **kw})
   z_t, t, mask, self_cond = _inputs()
-  return model, perturbed(_init(model, jax.random.key(0), z_t, t, mask, self_cond))
+  return model, perturbed(init_params(model, jax.random.key(0), z_t, t, mask, self_cond))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("train",))
@@ -68,8 +63,8 @@ def test_new_fields_at_their_defaults_change_nothing():
   cid, has = jnp.array([0, 1, 2, 3]), jnp.array([True, False, True, False])
   for kw in (dict(TINY, dropout=0.1),):
     old, new = Denoiser(**kw), Denoiser(**kw, **NEW_DEFAULTS)
-    p_old = _init(old, jax.random.key(0), z_t, t, mask, self_cond)
-    p_new = _init(new, jax.random.key(0), z_t, t, mask, self_cond)
+    p_old = init_params(old, jax.random.key(0), z_t, t, mask, self_cond)
+    p_new = init_params(new, jax.random.key(0), z_t, t, mask, self_cond)
     assert _shapes(p_old) == _shapes(p_new)
     jax.tree.map(np.testing.assert_array_equal, p_old, p_new)
     params = perturbed(p_old)
@@ -161,12 +156,12 @@ def test_official_init_scales():
   """Initial statistics N(0,1), and the forward scales: official(P) = default(P with the scales folded in)."""
   model = Denoiser(**TINY, init_scales="official_v1", head_dim=8)
   z_t, t, mask, self_cond = _inputs()
-  fresh = _init(model, jax.random.key(0), z_t, t, mask, self_cond)
+  fresh = init_params(model, jax.random.key(0), z_t, t, mask, self_cond)
   for name in ("pos_embed", "null_self_cond"):
     assert 0.8 < float(jnp.std(fresh[name])) < 1.2, name
   assert 0.8 < float(jnp.std(fresh["rel_pos_bias"]["embedding"])) < 1.2
   assert 0.8 < float(jnp.std(fresh["class_embed"]["embedding"])) < 1.2
-  assert float(jnp.std(_init(Denoiser(**TINY), jax.random.key(0), z_t, t, mask)["pos_embed"])) < 0.05
+  assert float(jnp.std(init_params(Denoiser(**TINY), jax.random.key(0), z_t, t, mask)["pos_embed"])) < 0.05
   params = perturbed(fresh)
   folded = dict(params, pos_embed=params["pos_embed"] * DIM ** -0.5,
                 rel_pos_bias={"embedding": params["rel_pos_bias"]["embedding"] * np.sqrt(8)})

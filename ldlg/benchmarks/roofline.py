@@ -121,8 +121,8 @@ def matmul_shape_rates(shapes: dict[str, tuple[int, int, int, int]], peak: dict,
     shapes: {name: (b, m, k, n)}.
     peak: a `matmul_roofline` result of the same run, for the fractions.
   Returns:
-    {name: {"shape": [b, m, k, n], "flops_per_s" (fastest round), "roofline_fraction" (over the fastest roofline
-    repeat)}}.
+    {name: {"shape": [b, m, k, n], "flops" (of one call), "flops_per_s" (fastest round), "roofline_fraction"
+    (over the fastest roofline repeat)}}.
   """
   calls, flops = {}, {}
   for name, (b, m, k, n) in shapes.items():
@@ -135,7 +135,8 @@ def matmul_shape_rates(shapes: dict[str, tuple[int, int, int, int]], peak: dict,
   out = {}
   for name, t in times.items():
     rate = flops[name] / min(t)
-    out[name] = {"shape": list(shapes[name]), "flops_per_s": rate, "roofline_fraction": rate / peak["best_flops_per_s"]}
+    out[name] = {"shape": list(shapes[name]), "flops": flops[name], "flops_per_s": rate,
+                 "roofline_fraction": rate / peak["best_flops_per_s"]}
   return out
 
 

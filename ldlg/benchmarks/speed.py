@@ -147,9 +147,9 @@ def matmul_bound(config, peak, length: int, *, rounds: int) -> dict:
   (FLOP-weighted over one block's forward): the ceiling the step's `roofline_fraction` is to be read against."""
   shapes, counts = denoiser_block_matmuls(config, length)
   rates = roofline.matmul_shape_rates(shapes, peak, dtype=str(jnp.dtype(config.model.dtype)), rounds=rounds)
-  flops = {name: counts[name] * 2.0 * np.prod(shape) for name, shape in shapes.items()}
-  seconds = sum(flops[name] / rates[name]["flops_per_s"] for name in shapes)
-  return {"shapes": rates, "block_roofline_fraction": sum(flops.values()) / seconds / peak["best_flops_per_s"]}
+  flops = sum(counts[name] * r["flops"] for name, r in rates.items())
+  seconds = sum(counts[name] * r["flops"] / r["flops_per_s"] for name, r in rates.items())
+  return {"shapes": rates, "block_roofline_fraction": flops / seconds / peak["best_flops_per_s"]}
 
 
 def bench_train(config, peak, *, length, repeats, calls) -> dict:
