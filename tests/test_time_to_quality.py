@@ -89,3 +89,49 @@ def test_time_to_quality_smoke(tmp_path, data_dir):
   assert (tmp_path / "sst" / "judge" / "ar_result.json").exists()
   assert not (tmp_path / "steps_5" / "sst" / "ar_judge").exists()
   assert report["codec_seconds"] > 0 and "human (train)" in report["controls"]
+
+
+def _finished_quality_run(root: pathlib.Path, steps: int, judge_steps: int) -> pathlib.Path:
+  (root / "sst" / "ld4lg").mkdir(parents=True)
+  (root / "sst" / "ar_judge").mkdir(parents=True)
+  (root / "sst" / "ld4lg" / "config.json").write_text(json.dumps({"train": {"num_steps": steps}}))
+  (root / "sst" / "ar_judge" / "ar_result.json").write_text(json.dumps({"max_steps": judge_steps}))
+  (root / "sst" / "results.json").write_text("{}")
+  return root
+
+
+def test_an_adopted_quality_run_is_its_budget_and_lends_the_others_its_codec_and_judge(tmp_path, monkeypatch):
+  quality_root = _finished_quality_run(tmp_path / "quality", steps=30, judge_steps=30)
+  calls = {}
+
+  def fake_run_dataset(dataset, root, data_dir, preset, *, shared_codec, judge_dir, judge_steps):
+    calls[preset["steps"]] = (root, shared_codec, judge_dir, judge_steps)
+    return {"rows": {"GPT-2 baseline": {"mauve": _metric(preset["steps"] / 100)}},
+            "wall_seconds": {"ar_baseline_train": float(preset["steps"]), "pretrain_autoencoder": 7.0}}
+
+  monkeypatch.setattr(ttq.quality, "run_dataset", fake_run_dataset)
+  root = tmp_path / "ttq"
+  report = ttq.run(root, data_dir=None, steps=[10, 20], from_quality=quality_root)
+  assert report["steps"] == [10, 20, 30] and report["judge_steps"] == 30
+  assert (root / "steps_30").resolve() == quality_root.resolve()
+  assert calls[30][1] is None                                  # The adopted run keeps its own codec...
+  for s in (10, 20):
+    assert calls[s][1].root == quality_root / "sst" / "ld4lg"  # ...and lends it to the budgets trained here,
+    assert calls[s][0] == root / f"steps_{s}"
+  assert {c[2] for c in calls.values()} == {quality_root / "sst" / "ar_judge"}  # scored by its judge.
+  assert [p["steps"] for p in report["curves"]["GPT-2 baseline"]] == [10, 20, 30]
+  assert report["codec_seconds"] == 7.0
+  ttq.run(root, data_dir=None, steps=[10], from_quality=quality_root)  # Re-running re-uses the link.
+
+
+def test_adopting_an_unfinished_or_clashing_quality_run_fails_with_the_fix(tmp_path):
+  unfinished = tmp_path / "unfinished"
+  (unfinished / "sst" / "ld4lg").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="not a finished quality-benchmark run.*ar_result.json"):
+    ttq.adopt_quality_run(tmp_path / "ttq", unfinished, "sst")
+  quality_root = _finished_quality_run(tmp_path / "quality", steps=30, judge_steps=30)
+  (tmp_path / "ttq" / "steps_30").mkdir(parents=True)
+  with pytest.raises(ValueError, match="already holds a trained budget of 30 steps"):
+    ttq.adopt_quality_run(tmp_path / "ttq", quality_root, "sst")
+  with pytest.raises(ValueError, match="--judge_steps cannot be set"):
+    ttq.run(tmp_path / "other", data_dir=None, steps=[10], judge_steps=5, from_quality=quality_root)

@@ -20,6 +20,11 @@ Writes `<workdir>/time_to_quality.json` ({"curves": {row: [{"steps", "train_seco
 and the GPT-2 row as straight lines in log(steps) through their last three points and reports where they meet:
 an extrapolation, labelled as such, only as good as the trend it extends. Every budget resumes like the quality
 benchmark: re-running the command skips what is done, so a curve can be grown a budget at a time.
+
+A quality-benchmark run you already have can be one of the points: `--from_quality=runs/quality` links that run's
+folder as the budget of its own steps (read from its LD4LG config), and the other budgets share its autoencoder,
+BPE and latents and are scored by its perplexity judge (so the judge's steps are that run's, not the largest
+budget's). Only the budgets missing from it are trained.
 """
 from __future__ import annotations
 
@@ -141,26 +146,63 @@ def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
   return ["time_to_quality.png"]
 
 
+def adopt_quality_run(root: pathlib.Path, quality_root: str | pathlib.Path, dataset: str) -> tuple[int, Workdir,
+                                                                                                    pathlib.Path, int]:
+  """Links a finished quality-benchmark run into this curve as the budget of its own training steps.
+
+  Returns:
+    (its steps, its LD4LG workdir (the codec every other budget shares), its judge folder, the judge's steps).
+  """
+  src = pathlib.Path(quality_root).absolute()
+  ld4lg, judge_dir = src / dataset / "ld4lg", src / dataset / "ar_judge"
+  missing = [str(p) for p in (ld4lg / "config.json", judge_dir / "ar_result.json", src / dataset / "results.json")
+             if not p.exists()]
+  if missing:
+    raise FileNotFoundError(f"--from_quality={quality_root} is not a finished quality-benchmark run of {dataset}: "
+                            f"missing {missing}. Run `python -m ldlg.benchmarks.quality --workdir={quality_root} "
+                            f"--datasets={dataset}` to the end first, or leave --from_quality out.")
+  steps = int(json.loads((ld4lg / "config.json").read_text())["train"]["num_steps"])
+  judge_steps = int(json.loads((judge_dir / "ar_result.json").read_text())["max_steps"])
+  link = budget_dir(root, steps)
+  if link.is_symlink() and link.resolve() != src.resolve():
+    raise ValueError(f"{link} already links to {link.resolve()}, not to {src}; use another --workdir.")
+  if not link.exists():
+    root.mkdir(parents=True, exist_ok=True)
+    os.symlink(src, link)
+  elif not link.is_symlink():
+    raise ValueError(f"{link} already holds a trained budget of {steps} steps; it cannot also be {src}. "
+                     "Use another --workdir, or leave --from_quality out.")
+  return steps, Workdir(ld4lg), judge_dir, judge_steps
+
+
 def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name: str = "cpu",
-        steps: Sequence[int] = (250, 500, 1000, 1500), judge_steps: int | None = None) -> dict[str, Any]:
+        steps: Sequence[int] = (250, 500, 1000, 1500), judge_steps: int | None = None,
+        from_quality: str | pathlib.Path | None = None) -> dict[str, Any]:
   """Every budget of the curve (see the module docstring); returns the report written to time_to_quality.json."""
   steps = sorted({int(s) for s in steps})
   if not steps or steps[0] < 1:
     raise ValueError(f"steps must be positive training budgets, got {list(steps)}")
   root = pathlib.Path(root).absolute()
   preset = quality.PRESETS[preset_name]
-  judge_dir = root / dataset / "judge"
-  first = Workdir(budget_dir(root, steps[0]) / dataset / "ld4lg")
+  if from_quality:
+    if judge_steps:
+      raise ValueError("--judge_steps cannot be set with --from_quality: the adopted run's judge scores every budget.")
+    adopted, codec, judge_dir, judge_steps = adopt_quality_run(root, from_quality, dataset)
+    steps = sorted(set(steps) | {adopted})
+  else:
+    adopted, judge_dir = steps[0], root / dataset / "judge"
+    codec = Workdir(budget_dir(root, adopted) / dataset / "ld4lg")
+    judge_steps = judge_steps or steps[-1]
   results = {}
   for s in steps:
     t0 = time.perf_counter()
     results[s] = quality.run_dataset(dataset, budget_dir(root, s), data_dir, dict(preset, steps=s),
-                                     shared_codec=None if s == steps[0] else first, judge_dir=judge_dir,
-                                     judge_steps=judge_steps or steps[-1])
+                                     shared_codec=None if s == adopted else codec, judge_dir=judge_dir,
+                                     judge_steps=judge_steps)
     print(json.dumps({"steps": s, "minutes": (time.perf_counter() - t0) / 60}), flush=True)
   curve_set = curves(results)
-  base = results[steps[0]]
-  report = {"dataset": dataset, "preset": preset_name, "steps": steps, "judge_steps": judge_steps or steps[-1],
+  base = results[adopted]
+  report = {"dataset": dataset, "preset": preset_name, "steps": steps, "judge_steps": judge_steps,
             "codec_seconds": sum(base["wall_seconds"].get(k, 0.0) for k in ("pretrain_autoencoder", "precompute")),
             "params": base.get("params"), "curves": curve_set,
             "controls": {name: {m: base["rows"][name][m] for m in METRICS if m in base["rows"][name]}
@@ -184,12 +226,15 @@ def _define_flags() -> None:
                     "draws); its steps are replaced by --steps.")
   flags.DEFINE_list("steps", ["250", "500", "1000", "1500"], "Training budgets (steps of every model).")
   flags.DEFINE_integer("judge_steps", 0, "The judge's training steps (0: the largest budget).")
+  flags.DEFINE_string("from_quality", None, "A finished quality-benchmark workdir to adopt as the budget of its "
+                      "steps; the other budgets share its autoencoder and judge.")
 
 
 def main(argv):
   del argv
   report = run(FLAGS.workdir, data_dir=FLAGS.data_dir or os.environ.get("LDLG_DATA_DIR"), dataset=FLAGS.dataset,
-               preset_name=FLAGS.preset, steps=[int(s) for s in FLAGS.steps], judge_steps=FLAGS.judge_steps or None)
+               preset_name=FLAGS.preset, steps=[int(s) for s in FLAGS.steps], judge_steps=FLAGS.judge_steps or None,
+               from_quality=FLAGS.from_quality)
   print(json.dumps({k: v for k, v in report.items() if k != "params"}, indent=2))
 
 
