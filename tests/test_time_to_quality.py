@@ -96,11 +96,11 @@ def _finished_quality_run(root: pathlib.Path, steps: int, judge_steps: int) -> p
   (root / "sst" / "ar_judge").mkdir(parents=True)
   (root / "sst" / "ld4lg" / "config.json").write_text(json.dumps({"train": {"num_steps": steps}}))
   (root / "sst" / "ar_judge" / "ar_result.json").write_text(json.dumps({"max_steps": judge_steps}))
-  (root / "sst" / "results.json").write_text("{}")
   return root
 
 
 def test_an_adopted_quality_run_is_its_budget_and_lends_the_others_its_codec_and_judge(tmp_path, monkeypatch):
+  monkeypatch.setattr(ttq.pipeline, "stage_done", lambda stage, config, wd: stage == "precompute")
   quality_root = _finished_quality_run(tmp_path / "quality", steps=30, judge_steps=30)
   calls = {}
 
@@ -124,14 +124,18 @@ def test_an_adopted_quality_run_is_its_budget_and_lends_the_others_its_codec_and
   ttq.run(root, data_dir=None, steps=[10], from_quality=quality_root)  # Re-running re-uses the link.
 
 
-def test_adopting_an_unfinished_or_clashing_quality_run_fails_with_the_fix(tmp_path):
+def test_adopting_an_unfinished_or_clashing_quality_run_fails_with_the_fix(tmp_path, monkeypatch):
+  preset = ttq.quality.PRESETS["smoke"]
   unfinished = tmp_path / "unfinished"
   (unfinished / "sst" / "ld4lg").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match="not a finished quality-benchmark run.*ar_result.json"):
-    ttq.adopt_quality_run(tmp_path / "ttq", unfinished, "sst")
+    ttq.adopt_quality_run(tmp_path / "ttq", unfinished, "sst", preset)
   quality_root = _finished_quality_run(tmp_path / "quality", steps=30, judge_steps=30)
+  with pytest.raises(FileNotFoundError, match="latents"):  # Its judge is there, its codec is not.
+    ttq.adopt_quality_run(tmp_path / "ttq", quality_root, "sst", preset)
+  monkeypatch.setattr(ttq.pipeline, "stage_done", lambda stage, config, wd: stage == "precompute")
   (tmp_path / "ttq" / "steps_30").mkdir(parents=True)
   with pytest.raises(ValueError, match="already holds a trained budget of 30 steps"):
-    ttq.adopt_quality_run(tmp_path / "ttq", quality_root, "sst")
+    ttq.adopt_quality_run(tmp_path / "ttq", quality_root, "sst", preset)
   with pytest.raises(ValueError, match="--judge_steps cannot be set"):
     ttq.run(tmp_path / "other", data_dir=None, steps=[10], judge_steps=5, from_quality=quality_root)

@@ -39,6 +39,7 @@ from absl import flags
 import numpy as np
 
 from ldlg.benchmarks import plots
+from ldlg import pipeline
 from ldlg.benchmarks import quality
 from ldlg.engine.workdir import Workdir
 
@@ -146,21 +147,27 @@ def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
   return ["time_to_quality.png"]
 
 
-def adopt_quality_run(root: pathlib.Path, quality_root: str | pathlib.Path, dataset: str) -> tuple[int, Workdir,
-                                                                                                    pathlib.Path, int]:
-  """Links a finished quality-benchmark run into this curve as the budget of its own training steps.
+def adopt_quality_run(root: pathlib.Path, quality_root: str | pathlib.Path, dataset: str,
+                      preset: dict) -> tuple[int, Workdir, pathlib.Path, int]:
+  """Links a quality-benchmark run into this curve as the budget of its own training steps.
+
+  What the other budgets take from it must be finished (the autoencoder and latents, the judge); its own rows are
+  finished by this run's pass over its budget if they are not yet (the quality benchmark resumes).
 
   Returns:
     (its steps, its LD4LG workdir (the codec every other budget shares), its judge folder, the judge's steps).
   """
   src = pathlib.Path(quality_root).absolute()
   ld4lg, judge_dir = src / dataset / "ld4lg", src / dataset / "ar_judge"
-  missing = [str(p) for p in (ld4lg / "config.json", judge_dir / "ar_result.json", src / dataset / "results.json")
-             if not p.exists()]
+  missing = [str(p) for p in (ld4lg / "config.json", judge_dir / "ar_result.json") if not p.exists()]
+  if not missing and not pipeline.stage_done("precompute", quality.dataset_config(dataset, preset, self_condition=True),
+                                             Workdir(ld4lg)):
+    missing.append(f"{ld4lg}'s latents (the precompute stage)")
   if missing:
-    raise FileNotFoundError(f"--from_quality={quality_root} is not a finished quality-benchmark run of {dataset}: "
-                            f"missing {missing}. Run `python -m ldlg.benchmarks.quality --workdir={quality_root} "
-                            f"--datasets={dataset}` to the end first, or leave --from_quality out.")
+    raise FileNotFoundError(f"--from_quality={quality_root} is not a finished quality-benchmark run of {dataset} "
+                            f"(its codec and judge are what the other budgets share): missing {missing}. Run "
+                            f"`python -m ldlg.benchmarks.quality --workdir={quality_root} --datasets={dataset}` "
+                            "first, or leave --from_quality out.")
   steps = int(json.loads((ld4lg / "config.json").read_text())["train"]["num_steps"])
   judge_steps = int(json.loads((judge_dir / "ar_result.json").read_text())["max_steps"])
   link = budget_dir(root, steps)
@@ -187,7 +194,7 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
   if from_quality:
     if judge_steps:
       raise ValueError("--judge_steps cannot be set with --from_quality: the adopted run's judge scores every budget.")
-    adopted, codec, judge_dir, judge_steps = adopt_quality_run(root, from_quality, dataset)
+    adopted, codec, judge_dir, judge_steps = adopt_quality_run(root, from_quality, dataset, preset)
     steps = sorted(set(steps) | {adopted})
   else:
     adopted, judge_dir = steps[0], root / dataset / "judge"
