@@ -12,6 +12,7 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian.method import GaussianDiffusion
 from ldlg.methods.gaussian.noise import batch_normal
 from ldlg.methods.gaussian.text_sampler import TextSampler
+from tests.helpers.denoiser_params import perturbed
 
 
 def test_noise_cut_from_the_full_length_is_the_full_draw_at_those_positions():
@@ -29,15 +30,7 @@ def test_noise_cut_from_the_full_length_is_the_full_draw_at_those_positions():
 def tiny_method():
   config = tiny.get_config()
   method = GaussianDiffusion.from_config(config)
-  return config, method, _perturbed(method.init_params(jax.random.PRNGKey(0)))
-
-
-def _perturbed(params):
-  """An untrained denoiser is nearly the identity of its zero-initialised output layer: every leaf perturbed, so
-  the network's attention really mixes positions."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+  return config, method, perturbed(method.init_params(jax.random.PRNGKey(0)), scale=0.1)
 
 
 @pytest.mark.parametrize("kind", ["ddim", "dpm_solver_pp_2m", "sde_euler", "pc"])
@@ -62,7 +55,7 @@ def test_a_source_conditioned_batch_cut_to_its_bucket_samples_what_the_full_widt
   from ldlg.methods.gaussian.seq2seq_method import SourceConditionedDiffusion
   config = tiny.get_config("ld4lg_seq2seq")
   method = SourceConditionedDiffusion.from_config(config)
-  params = _perturbed(method.init_params(jax.random.PRNGKey(0)))
+  params = perturbed(method.init_params(jax.random.PRNGKey(0)), scale=0.1)
   sample_cfg = ml_collections.ConfigDict(dict(config.sample.to_dict(), sampler="ddim", num_steps=4))
   assert sample_cfg.guidance_scale > 1
   sample = method.make_sampler(sample_cfg)

@@ -10,21 +10,12 @@ def perturbed_denoiser_params(model, batch: dict, rng: jax.Array, scale: float =
   """`model.init` on `batch` ({"latents" [B, L, d], "mask" [B, L], "label" [B]}), plus scale·N(0, 1) on every leaf.
 
   The denoiser's output layer starts at zero, so without the perturbation most parameters get no gradient and a
-  gradient comparison would hold trivially. Init and perturbation run as one jitted program (eagerly, they would
-  compile once per leaf shape).
+  gradient comparison would hold trivially.
   """
   b = batch["latents"].shape[0]
-
-  @jax.jit
-  def init(rng):
-    params = model.init(rng, batch["latents"], jnp.zeros((b,), jnp.int32), batch["mask"],
-                        batch["latents"], jnp.ones((b,), bool), batch["label"])["params"]
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.fold_in(rng, 1), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-  return init(rng)
+  params = init_params(model, rng, batch["latents"], jnp.zeros((b,), jnp.int32), batch["mask"], batch["latents"],
+                       jnp.ones((b,), bool), batch["label"])
+  return perturbed(params, scale=scale)
 
 
 @functools.partial(jax.jit, static_argnums=0)
