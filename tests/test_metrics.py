@@ -334,3 +334,31 @@ def test_shuffle_words_keeps_the_multiset():
   shuffled = evaluate.shuffle_words(texts, seed=1)
   assert [sorted(t.split()) for t in shuffled] == [sorted(t.split()) for t in texts]
   assert shuffled != texts
+
+
+def _row(**values):
+  return {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": list(v)} for m, v in values.items()}
+
+
+def test_compare_draws_gives_the_welch_difference_with_its_closed_form_error():
+  compare_draws = evaluate.compare_draws
+  out = compare_draws(_row(mauve=[1.0, 2.0, 3.0], diversity=[0.5, 0.5]), _row(mauve=[4.0, 5.0, 6.0]))
+  assert set(out) == {"mauve"}                         # Only metrics both rows have.
+  c = out["mauve"]
+  assert c["difference"] == -3.0 and c["num_draws"] == (3, 3)
+  assert c["std_error"] == pytest.approx(math.sqrt(2 / 3))   # Sample variances 1 and 1, 3 draws each.
+  assert c["t"] == pytest.approx(-3.0 / math.sqrt(2 / 3))
+  assert 0.01 < c["p_value"] < 0.05                    # t = -3.67 on 4 degrees of freedom: p = 0.021.
+  same = compare_draws(_row(perplexity=[10.0, 12.0]), _row(perplexity=[10.0, 12.0]))["perplexity"]
+  assert same["difference"] == 0.0 and same["p_value"] == pytest.approx(1.0)
+  exact = compare_draws(_row(mauve=[0.5, 0.5]), _row(mauve=[0.25, 0.25]))["mauve"]
+  assert exact["p_value"] == 0.0 and exact["t"] == math.inf
+  with pytest.raises(ValueError, match="at least 2 draws"):
+    compare_draws(_row(mauve=[0.5]), _row(mauve=[0.4, 0.6]))
+
+
+def test_the_quality_table_tests_the_self_conditioning_ablation():
+  from ldlg.benchmarks import quality
+  rows = {"LD4LG": _row(mauve=[0.30, 0.32, 0.34]), "LD4LG w/o self-cond": _row(mauve=[0.20, 0.22, 0.24])}
+  line = quality.comparison_line(rows, "LD4LG", "LD4LG w/o self-cond")
+  assert line.startswith("LD4LG − LD4LG w/o self-cond") and "MAUVE +0.1 ± 0.016" in line and "Welch p = " in line

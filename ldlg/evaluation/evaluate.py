@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 from absl import logging
 import numpy as np
+from scipy import stats
 
 from ldlg.evaluation import classifier as classifier_lib
 from ldlg.evaluation import featurizers as featurizers_lib
@@ -144,6 +145,35 @@ def save_metrics(metrics: dict[str, Any], path: str | pathlib.Path) -> None:
 def _mean_std(values: Sequence[float]) -> dict[str, Any]:
   values = [float(v) for v in values]
   return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+
+
+def compare_draws(a: dict[str, Any], b: dict[str, Any],
+                  metrics: Sequence[str] = ("mauve", "perplexity", "diversity", "class_accuracy")) -> dict[str, Any]:
+  """Row a against row b, both `evaluate_draws` results: is their difference more than the draws' noise?
+
+  For every metric both rows have: the difference of means a - b, its standard error
+  sqrt(s_a^2 / n_a + s_b^2 / n_b) (sample variances), Welch's t and its two-sided p-value (scipy.stats.ttest_ind,
+  equal_var=False). The draws are sampling draws of one trained model per row, so p says whether sampling noise
+  explains the difference, not whether another training seed would reproduce it.
+
+  Returns:
+    {metric: {"difference", "std_error", "t", "p_value", "num_draws": (n_a, n_b)}}.
+  """
+  out = {}
+  for m in metrics:
+    if m not in a or m not in b:
+      continue
+    va, vb = np.asarray(a[m]["values"], np.float64), np.asarray(b[m]["values"], np.float64)
+    if len(va) < 2 or len(vb) < 2:
+      raise ValueError(f"{m}: comparing rows needs at least 2 draws each, got {len(va)} and {len(vb)}")
+    se = float(np.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb)))
+    if se == 0.0:  # Both rows constant over their draws: the difference is exact, or there is none.
+      t, p = (0.0, 1.0) if va.mean() == vb.mean() else (math.copysign(math.inf, va.mean() - vb.mean()), 0.0)
+    else:
+      t, p = stats.ttest_ind(va, vb, equal_var=False)
+    out[m] = {"difference": float(va.mean() - vb.mean()), "std_error": se, "t": float(t), "p_value": float(p),
+              "num_draws": (len(va), len(vb))}
+  return out
 
 
 def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
