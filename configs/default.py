@@ -397,7 +397,8 @@ def make_later_version(config: ml_collections.ConfigDict) -> ml_collections.Conf
     HEAD's default; < 1 shifts the log-SNR down by 2 log(1/scale), i.e. more noise);
   - network: conditioned on ᾱ_t (`time_input="alpha_bar"`), the self-conditioning estimate concatenated to
     the input (`self_cond_mode="concat"`), U-Net-like long skips (3 as HEAD's scripts, at most
-    num_layers // 2), head width 64, exact GELU, dropout 0.1;
+    num_layers // 2), head width 64, exact GELU, dropout 0.1, the class added to the time embedding
+    (`class_input="time"`);
   - EMA 0.9999 (already the default).
   Differences that remain: HEAD's continuous-time cosine schedule (log-SNR clamped to ±15) is the discrete
   Nichol–Dhariwal cosine here, and this variant diffuses the [L, d] BART latents; `:cpu_later_compressed` adds
@@ -408,7 +409,7 @@ def make_later_version(config: ml_collections.ConfigDict) -> ml_collections.Conf
   config.diffusion.latent_scale = 1.0
   _link_schedule_to_model(config)
   heads = max(config.model.dim // 64, 1)
-  config.model.update(time_input="alpha_bar", self_cond_mode="concat", unet_skips=True,
+  config.model.update(time_input="alpha_bar", self_cond_mode="concat", unet_skips=True, class_input="time",
                       unet_skip_count=min(3, config.model.num_layers // 2), head_dim=config.model.dim // heads,
                       gelu_approximate=False, dropout=0.1)
   return config

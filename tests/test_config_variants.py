@@ -9,7 +9,7 @@ from ldlg.methods.gaussian.method import GaussianDiffusion
 from ldlg.networks.denoiser import Denoiser
 
 NEW_MODEL_FIELDS = ("time_input", "noise_schedule", "latent_scale", "self_cond_mode", "unet_skips", "init_scales",
-                    "head_dim", "gelu_approximate")
+                    "head_dim", "gelu_approximate", "class_input")
 
 
 @pytest.mark.parametrize("arg", [None, "cpu"])
@@ -46,7 +46,7 @@ def test_later_version_recipe_links_the_schedule_into_the_model():
   assert (config.diffusion.schedule, config.diffusion.objective) == ("cosine", "v")
   assert config.model.time_input == "alpha_bar" and config.model.self_cond_mode == "concat"
   assert config.model.unet_skips and config.model.unet_skip_count == 2  # min(3, 4 // 2)
-  assert config.model.noise_schedule == "cosine"
+  assert config.model.noise_schedule == "cosine" and config.model.class_input == "time"
   config.diffusion.latent_scale = 0.5  # linked: the denoiser's ᾱ table follows the loss's schedule
   assert config.model.latent_scale == 0.5
   method = GaussianDiffusion.from_config(config)

@@ -28,9 +28,9 @@ LATENT, DIM, B, L = 16, 32, 4, 10
 TINY = dict(latent_dim=LATENT, dim=DIM, num_layers=2, num_heads=2, max_len=12, num_classes=3)
 NEW_DEFAULTS = dict(time_input="t", noise_schedule="linear", beta_start=1e-4, beta_end=0.02, latent_scale=1.0,
                     self_cond_mode="cross_attention", unet_skips=False, unet_skip_count=0, init_scales="default",
-                    head_dim=0, gelu_approximate=True)
+                    head_dim=0, gelu_approximate=True, class_input="memory_token")
 ALL_ON = dict(time_input="alpha_bar", noise_schedule="cosine", self_cond_mode="concat", unet_skips=True,
-              init_scales="official_v1", head_dim=8)
+              init_scales="official_v1", head_dim=8, class_input="time")
 
 
 def _inputs(seed=0, lengths=(10, 7, 3, 1)):
@@ -182,9 +182,22 @@ def test_exact_gelu_changes_the_time_path_only_by_the_gelu():
   assert 0 < diff < 0.1 * float(jnp.abs(tanh).max())  # tanh GELU approximates erf GELU to ~1e-3
 
 
+def test_class_through_the_time_embedding_moves_the_output_only_through_its_projection():
+  model, params = _build(class_input="time")
+  assert _shapes(params)["['class_to_time']['kernel']"] == (DIM, 4 * DIM)
+  z_t, t, mask, self_cond = _inputs()
+  run = lambda p, c: np.asarray(_apply(model, p, z_t, t, mask, self_cond, None, jnp.full((B,), c)))
+  assert np.abs(run(params, 0) - run(params, 1)).max() > 1e-4
+  # With the projection zeroed, the class has no other way in: every class (and the null) gives one output.
+  cut = dict(params, class_to_time=jax.tree.map(jnp.zeros_like, params["class_to_time"]))
+  for c in (1, 2, 3):
+    np.testing.assert_array_equal(run(cut, c), run(cut, 0))
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(time_input="sigma"), "time_input"), (dict(self_cond_mode="add"), "self_cond_mode"),
     (dict(init_scales="torch"), "init_scales"), (dict(head_dim=12), "head_dim"),
+    (dict(class_input="token"), "class_input"),
     (dict(unet_skips=True, unet_skip_count=2), "unet_skip_count")])
 def test_bad_options_raise(kw, message):
   z_t, t, mask, _ = _inputs()

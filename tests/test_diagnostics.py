@@ -37,3 +37,28 @@ def test_diagnostics_on_a_tiny_run(tiny_cli_run, tmp_path):
   assert alone["plots"] == ["decoder_robustness.png"] and alone["codec"]["kind"] == "bart_latents"
   with pytest.raises(ValueError, match="subset of"):
     diagnostics.run_diagnostics(wd.root, parts=["nope"])
+
+
+def test_class_sensitivity_sees_a_class_pathway_and_reads_zero_when_the_classes_are_one_vector():
+  import jax
+  from ldlg.methods.gaussian.method import GaussianDiffusion
+  from tests.helpers.denoiser_params import perturbed
+  config = tiny.get_config()
+  config.model.num_classes = 2
+  method = GaussianDiffusion.from_config(config)
+  params = perturbed(method.init_params(jax.random.PRNGKey(0)), scale=0.1)
+  rng = np.random.default_rng(0)
+  n, length, d = 4, 8, config.model.latent_dim
+  batch = {"latents": rng.standard_normal((n, length, d)).astype(np.float32), "mask": np.ones((n, length), bool),
+           "label": np.array([0, 1, 1, 0])}
+  rows = diagnostics.class_sensitivity(method, params, batch, [10, 90])
+  assert [r["t"] for r in rows] == [10, 90]
+  assert all(r["relative_change_wrong"] > 1e-6 and r["relative_change_null"] > 1e-6 for r in rows)
+  # One vector for every class (and the null): the class input cannot move x̂0, and the diagnostic says 0.
+  table = params["class_embed"]["embedding"]
+  dead = dict(params, class_embed={"embedding": np.broadcast_to(table[:1], table.shape)})
+  for r in diagnostics.class_sensitivity(method, dead, batch, [10, 90]):
+    assert r["relative_change_wrong"] == 0.0 and r["relative_change_null"] == 0.0
+    assert r["x0_mse_true"] == r["x0_mse_wrong"] == r["x0_mse_null"]
+  with pytest.raises(ValueError, match="class-conditional run"):
+    diagnostics.class_sensitivity(GaussianDiffusion.from_config(tiny.get_config()), params, batch, [10])

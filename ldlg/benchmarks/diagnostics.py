@@ -17,6 +17,11 @@ workdir) plus, with matplotlib installed (`pip install .[plots]`), `decoder_robu
   second step); per t: x̂0 mean squared error over valid positions and channels (first pass and
   self-conditioned), its ratio to the error of predicting 0 (the data mean), and the share of x̂0 that decode
   to exactly the sentence. Class-conditional runs use each example's true label.
+- class_sensitivity (class-conditional runs): at each t of the grid, one x̂0 call with the true label, one with
+  another class (label + 1 mod C) and one with the null class, on the same z_t; per t: the three x̂0 errors and
+  how far the wrong class moves x̂0 (relative squared change). If the wrong class moves nothing, the samples cannot
+  follow their class, and no guidance scale can make them (guidance amplifies the conditional-minus-null
+  difference).
 """
 import json
 import pathlib
@@ -36,7 +41,7 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian import schedules
 
 NOISE_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-PARTS = ("decoder_robustness", "denoiser_by_noise")
+PARTS = ("decoder_robustness", "denoiser_by_noise", "class_sensitivity")
 
 
 def load_run_config(workdir: Workdir) -> ml_collections.ConfigDict:
@@ -128,6 +133,52 @@ def denoiser_by_noise(method, params, codec, batch: dict, texts: Sequence[str], 
   return rows
 
 
+def class_sensitivity(method, params, batch: dict, timesteps: Sequence[int], seed: int = 0) -> list[dict[str, float]]:
+  """Per t, how much the class input changes the denoiser's x̂0 (first pass, no self-conditioning estimate).
+
+  Args:
+    method: a class-conditional `GaussianDiffusion` (num_classes C > 0).
+    params: its parameters.
+    batch: {"latents" [n, L, d] normalized, "mask" [n, L], "label" [n] in [0, C)}.
+    timesteps: the t values.
+    seed: noise seed (the same z_t for the three calls).
+
+  Returns:
+    One {"t", "x0_mse_true", "x0_mse_wrong", "x0_mse_null", "relative_change_wrong", "relative_change_null"} per t;
+    relative_change_* = |x̂0(other) - x̂0(true)|^2 / |x̂0(true)|^2 over valid positions.
+  """
+  from ldlg.methods.gaussian import parameterization as param_lib
+  num_classes = method.num_classes
+  if num_classes <= 0 or "label" not in batch:
+    raise ValueError("class_sensitivity needs a class-conditional run (config.model.num_classes > 0) and labelled "
+                     "latents; leave it out of --parts for this run")
+  x0, mask = jnp.asarray(batch["latents"]), jnp.asarray(batch["mask"])
+  label = jnp.asarray(batch["label"], jnp.int32)
+  n, valid = x0.shape[0], mask[..., None]
+  objective = method.config.diffusion.get("objective", "x0")
+  total = lambda a: jnp.sum(jnp.where(valid, jnp.square(a), 0.0))
+
+  @jax.jit
+  def estimates(params, t, rng):
+    ts = jnp.full((n,), t, jnp.int32)
+    z_t = jnp.where(valid, schedules.q_sample(method.schedule, x0, ts, jax.random.normal(rng, x0.shape)), 0.0)
+    ab = method.schedule.alphas_cumprod[ts]
+    x0_hat = lambda c: jnp.where(valid, param_lib.x0_from_output(
+        objective, z_t, method.denoise_fn(params, z_t, ts, mask, None, None, c, False, rng), ab), 0.0)
+    true, wrong, null = x0_hat(label), x0_hat((label + 1) % num_classes), x0_hat(jnp.full_like(label, num_classes))
+    count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
+    norm = jnp.maximum(total(true), 1e-12)
+    return (total(true - x0) / count, total(wrong - x0) / count, total(null - x0) / count,
+            total(wrong - true) / norm, total(null - true) / norm)
+
+  rows = []
+  for t in timesteps:
+    vals = estimates(params, int(t), jax.random.fold_in(jax.random.PRNGKey(seed), int(t)))
+    rows.append(dict(zip(("x0_mse_true", "x0_mse_wrong", "x0_mse_null", "relative_change_wrong",
+                          "relative_change_null"), (float(v) for v in vals)), t=int(t)))
+  return rows
+
+
 def _plot(result: dict, out_dir: pathlib.Path) -> list[str]:
   """PNG plots of the diagnostics that ran; [] when matplotlib is not installed."""
   plt = plots.pyplot()
@@ -213,6 +264,8 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
   if "denoiser_by_noise" in parts:
     result["denoiser_by_noise"] = denoiser_by_noise(sampler.method, params, sampler.codec, batch, texts, mean, std,
                                                     grid, seed)
+  if "class_sensitivity" in parts and config.model.num_classes > 0:
+    result["class_sensitivity"] = class_sensitivity(sampler.method, params, batch, grid, seed)
   out = pathlib.Path(out_dir) if out_dir else wd.root
   out.mkdir(parents=True, exist_ok=True)
   result["plots"] = _plot(result, out)
