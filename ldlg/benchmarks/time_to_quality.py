@@ -203,7 +203,10 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
   results = {}
   for s in steps:
     t0 = time.perf_counter()
-    results[s] = quality.run_dataset(dataset, budget_dir(root, s), data_dir, dict(preset, steps=s),
+    # The adopted run by its own path, not the link: its saved configs hold paths under it (the MDLM row's
+    # tokenizer is the LD4LG run's), which the link's spelling would contradict.
+    where = budget_dir(root, s).resolve() if from_quality and s == adopted else budget_dir(root, s)
+    results[s] = quality.run_dataset(dataset, where, data_dir, dict(preset, steps=s),
                                      shared_codec=None if s == adopted else codec, judge_dir=judge_dir,
                                      judge_steps=judge_steps)
     print(json.dumps({"steps": s, "minutes": (time.perf_counter() - t0) / 60}), flush=True)
