@@ -23,6 +23,7 @@ workdir) plus, with matplotlib installed (`pip install .[plots]`), `decoder_robu
   follow their class, and no guidance scale can make them (guidance amplifies the conditional-minus-null
   difference).
 """
+import functools
 import json
 import pathlib
 from typing import Any, Sequence
@@ -81,6 +82,22 @@ def decoder_robustness(codec, batch: dict, texts: Sequence[str], mean: np.ndarra
   return rows
 
 
+def _noised_x0_estimator(method, params, x0, mask, t, rng):
+  """z_t of x0 [n, L, d] at step t (padding zeroed) and x̂0(self_cond, has_self_cond, class_id) on it: the one
+  denoiser call the diagnostics make, in x0 units whatever the run's objective."""
+  from ldlg.methods.gaussian import parameterization as param_lib
+  valid = mask[..., None]
+  ts = jnp.full((x0.shape[0],), t, jnp.int32)
+  z_t = jnp.where(valid, schedules.q_sample(method.schedule, x0, ts, jax.random.normal(rng, x0.shape)), 0.0)
+  ab = method.schedule.alphas_cumprod[ts]
+  objective = method.config.diffusion.get("objective", "x0")
+
+  def x0_hat(self_cond, has_self_cond, class_id):
+    out = method.denoise_fn(params, z_t, ts, mask, self_cond, has_self_cond, class_id, False, rng)
+    return jnp.where(valid, param_lib.x0_from_output(objective, z_t, out, ab), 0.0)
+  return x0_hat
+
+
 def denoiser_by_noise(method, params, codec, batch: dict, texts: Sequence[str], mean: np.ndarray, std: float,
                       timesteps: Sequence[int], seed: int = 0) -> list[dict[str, float]]:
   """Per-t accuracy of one-step x̂0 on validation latents; see the module docstring.
@@ -99,27 +116,19 @@ def denoiser_by_noise(method, params, codec, batch: dict, texts: Sequence[str], 
     One {"t", "alpha_bar", "x0_mse", "x0_mse_self_cond", "relative_mse", "exact_match", "bleu"} per t
     (exact match and BLEU of the self-conditioned x̂0's decoding).
   """
-  from ldlg.methods.gaussian import parameterization as param_lib
   x0 = jnp.asarray(batch["latents"])
   mask = jnp.asarray(batch["mask"])
   n = x0.shape[0]
   class_id = jnp.asarray(batch["label"], jnp.int32) if method.num_classes > 0 and "label" in batch else None
-  objective = method.config.diffusion.get("objective", "x0")
   valid = mask[..., None]
   count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
   mse = lambda a: float(jnp.sum(jnp.where(valid, jnp.square(a - x0), 0.0)) / count)
 
   @jax.jit
   def estimates(params, t, rng):
-    ts = jnp.full((n,), t, jnp.int32)
-    noise = jax.random.normal(rng, x0.shape)
-    z_t = jnp.where(valid, schedules.q_sample(method.schedule, x0, ts, noise), 0.0)
-    ab = method.schedule.alphas_cumprod[ts]
-    out = method.denoise_fn(params, z_t, ts, mask, None, None, class_id, False, rng)
-    first = jnp.where(valid, param_lib.x0_from_output(objective, z_t, out, ab), 0.0)
-    out = method.denoise_fn(params, z_t, ts, mask, first, jnp.ones((n,), bool), class_id, False, rng)
-    second = jnp.where(valid, param_lib.x0_from_output(objective, z_t, out, ab), 0.0)
-    return first, second
+    x0_hat = _noised_x0_estimator(method, params, x0, mask, t, rng)
+    first = x0_hat(None, None, class_id)
+    return first, x0_hat(first, jnp.ones((n,), bool), class_id)
 
   baseline = mse(jnp.zeros_like(x0))
   rows = []
@@ -147,24 +156,18 @@ def class_sensitivity(method, params, batch: dict, timesteps: Sequence[int], see
     One {"t", "x0_mse_true", "x0_mse_wrong", "x0_mse_null", "relative_change_wrong", "relative_change_null"} per t;
     relative_change_* = |x̂0(other) - x̂0(true)|^2 / |x̂0(true)|^2 over valid positions.
   """
-  from ldlg.methods.gaussian import parameterization as param_lib
   num_classes = method.num_classes
   if num_classes <= 0 or "label" not in batch:
     raise ValueError("class_sensitivity needs a class-conditional run (config.model.num_classes > 0) and labelled "
                      "latents; leave it out of --parts for this run")
   x0, mask = jnp.asarray(batch["latents"]), jnp.asarray(batch["mask"])
   label = jnp.asarray(batch["label"], jnp.int32)
-  n, valid = x0.shape[0], mask[..., None]
-  objective = method.config.diffusion.get("objective", "x0")
+  valid = mask[..., None]
   total = lambda a: jnp.sum(jnp.where(valid, jnp.square(a), 0.0))
 
   @jax.jit
   def estimates(params, t, rng):
-    ts = jnp.full((n,), t, jnp.int32)
-    z_t = jnp.where(valid, schedules.q_sample(method.schedule, x0, ts, jax.random.normal(rng, x0.shape)), 0.0)
-    ab = method.schedule.alphas_cumprod[ts]
-    x0_hat = lambda c: jnp.where(valid, param_lib.x0_from_output(
-        objective, z_t, method.denoise_fn(params, z_t, ts, mask, None, None, c, False, rng), ab), 0.0)
+    x0_hat = functools.partial(_noised_x0_estimator(method, params, x0, mask, t, rng), None, None)
     true, wrong, null = x0_hat(label), x0_hat((label + 1) % num_classes), x0_hat(jnp.full_like(label, num_classes))
     count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
     norm = jnp.maximum(total(true), 1e-12)

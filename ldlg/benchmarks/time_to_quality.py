@@ -148,14 +148,14 @@ def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
 
 
 def adopt_quality_run(root: pathlib.Path, quality_root: str | pathlib.Path, dataset: str,
-                      preset: dict) -> tuple[int, Workdir, pathlib.Path, int]:
+                      preset: dict) -> tuple[int, pathlib.Path, int]:
   """Links a quality-benchmark run into this curve as the budget of its own training steps.
 
   What the other budgets take from it must be finished (the autoencoder and latents, the judge); its own rows are
   finished by this run's pass over its budget if they are not yet (the quality benchmark resumes).
 
   Returns:
-    (its steps, its LD4LG workdir (the codec every other budget shares), its judge folder, the judge's steps).
+    (its steps, its folder (absolute; its LD4LG codec and `ar_judge` serve every budget), the judge's steps).
   """
   src = pathlib.Path(quality_root).absolute()
   ld4lg, judge_dir = src / dataset / "ld4lg", src / dataset / "ar_judge"
@@ -179,7 +179,7 @@ def adopt_quality_run(root: pathlib.Path, quality_root: str | pathlib.Path, data
   elif not link.is_symlink():
     raise ValueError(f"{link} already holds a trained budget of {steps} steps; it cannot also be {src}. "
                      "Use another --workdir, or leave --from_quality out.")
-  return steps, Workdir(ld4lg), judge_dir, judge_steps
+  return steps, src, judge_steps
 
 
 def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name: str = "cpu",
@@ -194,19 +194,21 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
   if from_quality:
     if judge_steps:
       raise ValueError("--judge_steps cannot be set with --from_quality: the adopted run's judge scores every budget.")
-    adopted, codec, judge_dir, judge_steps = adopt_quality_run(root, from_quality, dataset, preset)
+    adopted, src, judge_steps = adopt_quality_run(root, from_quality, dataset, preset)
     steps = sorted(set(steps) | {adopted})
+    judge_dir = src / dataset / "ar_judge"
   else:
-    adopted, judge_dir = steps[0], root / dataset / "judge"
-    codec = Workdir(budget_dir(root, adopted) / dataset / "ld4lg")
-    judge_steps = judge_steps or steps[-1]
+    adopted, judge_dir, judge_steps = steps[0], root / dataset / "judge", judge_steps or steps[-1]
+  # The adopted run by its own path, not the link: its saved configs hold paths under it (the MDLM row's
+  # tokenizer is the LD4LG run's), which the link's spelling would contradict.
+  budget_roots = {s: budget_dir(root, s) for s in steps}
+  if from_quality:
+    budget_roots[adopted] = src
+  codec = Workdir(budget_roots[adopted] / dataset / "ld4lg")
   results = {}
   for s in steps:
     t0 = time.perf_counter()
-    # The adopted run by its own path, not the link: its saved configs hold paths under it (the MDLM row's
-    # tokenizer is the LD4LG run's), which the link's spelling would contradict.
-    where = budget_dir(root, s).resolve() if from_quality and s == adopted else budget_dir(root, s)
-    results[s] = quality.run_dataset(dataset, where, data_dir, dict(preset, steps=s),
+    results[s] = quality.run_dataset(dataset, budget_roots[s], data_dir, dict(preset, steps=s),
                                      shared_codec=None if s == adopted else codec, judge_dir=judge_dir,
                                      judge_steps=judge_steps)
     print(json.dumps({"steps": s, "minutes": (time.perf_counter() - t0) / 60}), flush=True)
