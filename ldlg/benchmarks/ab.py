@@ -14,6 +14,7 @@ Printed as JSON.
 """
 
 import ast
+import copy
 import json
 import statistics
 
@@ -30,8 +31,13 @@ from ldlg.benchmarks import speed
 
 
 def apply_overrides(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
-  """A copy of `config` with `spec` ("a.b=1,c.d=bfloat16") applied."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  """A copy of `config` with `spec` ("a.b=1,c.d=bfloat16") applied.
+
+  A deep copy, not a `to_dict()` round trip: that would cut the config's field links (`model.latent_dim` follows
+  `autoencoder.d_model`, the later version's `model.noise_schedule` follows `diffusion.schedule`), and overriding
+  one end of a link would leave the other end stale.
+  """
+  config = copy.deepcopy(config)
   for item in filter(None, (x.strip() for x in spec.split(","))):
     path, _, raw = item.partition("=")
     try:

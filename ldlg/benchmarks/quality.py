@@ -18,6 +18,7 @@ GPT-2 trained on the training split with another seed), diversity, memorization,
 (e.g. the README main job's E2E run) instead of training one.
 """
 
+import copy
 import json
 import os
 import pathlib
@@ -95,6 +96,73 @@ def _timed(fn, *args, **kwargs):
   return out, time.perf_counter() - t0
 
 
+# The perplexity judge: a GPT-2 of the baseline's size trained with another seed than the baseline (0).
+JUDGE_SEED = 1
+
+
+def matched_ar_config(config: ml_collections.ConfigDict, tokenizer) -> tuple[ml_collections.ConfigDict, int, int]:
+  """The AR baseline's (and judge's) config: a GPT-2 within 10 % of the LD4LG denoiser's parameter count, on the
+  run's BPE. Returns (its config, its parameter count, the denoiser's)."""
+  import jax
+  from ldlg.methods.autoregressive import model as ar_model
+  from ldlg.methods.gaussian.method import GaussianDiffusion
+  from ldlg.networks import count_params
+  denoiser_params = count_params(GaussianDiffusion.from_config(config).init_params(jax.random.PRNGKey(0),
+                                                                                   abstract=True))
+  ar_cfg = ar_model.default_ar_config()
+  ar_cfg.model, ar_params = ar_model.matched_gpt2_config(denoiser_params, len(tokenizer), config.data.max_length)
+  return ar_cfg, ar_params, denoiser_params
+
+
+def train_ar_once(ar_cfg: ml_collections.ConfigDict, seed: int, out: pathlib.Path, tokenizer, train_texts,
+                  reference, *, steps: int, max_seconds: float | None = None) -> dict:
+  """Trains the GPT-2 into `out` unless its `ar_result.json` is there (several runs can share one judge); returns
+  that result (`seconds`, `max_steps`, validation NLL on the first 500 reference texts, ...)."""
+  from ldlg.methods.autoregressive import train as ar_train
+  if not (out / "ar_result.json").exists():
+    ar_cfg = copy.deepcopy(ar_cfg)
+    ar_cfg.seed = seed
+    result = ar_train.train_ar_baseline(ar_cfg, train_texts, tokenizer, out, max_steps=steps,
+                                        max_seconds=max_seconds, valid_texts=list(reference)[:500])
+    (out / "ar_result.json").write_text(json.dumps(result, indent=2, default=str))
+  return _read_json(out / "ar_result.json")
+
+
+class Scorer:
+  """Every row's metrics by the same code: MAUVE against the reference (MiniLM features, the reference featurized
+  once), perplexity under the judge, diversity, memorization against the training 4-grams (built once) and, for a
+  class-conditional dataset, the accuracy of a probe trained on the training texts."""
+
+  def __init__(self, train_records, valid_records, judge_dir: pathlib.Path, *, num_draws: int,
+               class_conditional: bool):
+    from ldlg.evaluation import classifier as classifier_lib
+    from ldlg.evaluation import featurizers
+    from ldlg.evaluation import perplexity
+    self.train_texts = [r["text"] for r in train_records]
+    self.reference = [r["text"] for r in valid_records]
+    self.num_draws = num_draws
+    self.featurizer = featurizers.get_featurizer("minilm")
+    self.judge = perplexity.load_causal_lm(str(judge_dir))
+    self.classifier, self.classifier_accuracy = None, None
+    if class_conditional:
+      self.classifier = classifier_lib.train_classifier(self.train_texts, [r["label"] for r in train_records],
+                                                        self.featurizer)
+      self.classifier_accuracy = self.classifier.accuracy(self.reference, [r["label"] for r in valid_records])
+    self._shared = {}
+
+  def __call__(self, texts, labels=None) -> dict:
+    """`evaluate_draws` of one row's samples; `labels` (their classes, or None) score class accuracy."""
+    from ldlg.evaluation import evaluate as evaluate_lib
+    from ldlg.evaluation import ngram_metrics
+    if not self._shared:  # Built on the first row, so a run with every row scored already skips it.
+      self._shared = dict(reference_features=self.featurizer(self.reference),
+                          train_texts=ngram_metrics.training_ngrams(self.train_texts))
+    use_labels = labels if self.classifier is not None and labels and labels[0] is not None else None
+    return evaluate_lib.evaluate_draws(texts, self.reference, featurizer=self.featurizer, num_draws=self.num_draws,
+                                       ppl_model=self.judge, sample_labels=use_labels,
+                                       classifier=self.classifier if use_labels else None, **self._shared)
+
+
 def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict, *, shared_codec: Workdir | None = None,
                 judge_dir: pathlib.Path | None = None, judge_steps: int | None = None) -> dict:
   """Every row of one dataset's table; each stage is skipped when its output exists.
@@ -107,14 +175,9 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict, *, sha
       the preset's steps); a judge already there is used as it is, so several runs can share one.
   """
   from ldlg.evaluation import evaluate as evaluate_lib
-  from ldlg.methods.gaussian.method import GaussianDiffusion
   from ldlg.methods.masked.method import MaskedDiffusion, tokenizer_info
-  from ldlg.methods.autoregressive import model as ar_model
   from ldlg.methods.autoregressive import sampler as ar_sample
   from ldlg.methods.autoregressive import train as ar_train
-  from ldlg.evaluation import classifier as classifier_lib
-  from ldlg.evaluation import featurizers
-  from ldlg.evaluation import perplexity
   from ldlg.networks import count_params
   import jax
   import transformers
@@ -163,22 +226,14 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict, *, sha
   train_texts = [r["text"] for r in train_records]
   valid_records = splits.load_texts(sc_config, data_dir, sc, sc_config.data.eval_split)
   reference = [r["text"] for r in valid_records]
-  denoiser_params = count_params(GaussianDiffusion.from_config(sc_config).init_params(jax.random.PRNGKey(0),
-                                                                  abstract=True))
-  ar_cfg = ar_model.default_ar_config()
-  ar_cfg.model, ar_params = ar_model.matched_gpt2_config(denoiser_params, len(tokenizer),
-                                                         sc_config.data.max_length)
+  ar_cfg, ar_params, denoiser_params = matched_ar_config(sc_config, tokenizer)
   ld4lg_train_seconds = results["wall_seconds"].get("ld4lg_train")
   judge_dir = judge_dir or root / dataset / "ar_judge"
   for name, seed, cap, out, steps in (
       ("ar_baseline", 0, ld4lg_train_seconds, root / dataset / "ar_baseline", preset["steps"]),
-      ("ar_judge", 1, None, judge_dir, judge_steps or preset["steps"])):
-    if not (out / "ar_result.json").exists():
-      ar_cfg.seed = seed
-      result = ar_train.train_ar_baseline(ar_cfg, train_texts, tokenizer, out, max_steps=steps,
-                                          max_seconds=cap, valid_texts=reference[:500])
-      (out / "ar_result.json").write_text(json.dumps(result, indent=2, default=str))
-    results["wall_seconds"][f"{name}_train"] = _read_json(out / "ar_result.json")["seconds"]
+      ("ar_judge", JUDGE_SEED, None, judge_dir, judge_steps or preset["steps"])):
+    result = train_ar_once(ar_cfg, seed, out, tokenizer, train_texts, reference, steps=steps, max_seconds=cap)
+    results["wall_seconds"][f"{name}_train"] = result["seconds"]
   masked = MaskedDiffusion.from_config(masked_config, tokenizer_info(tokenizer))
   mdlm_params = count_params(jax.eval_shape(masked.init_params, jax.random.PRNGKey(0)))
   results["params"] = {"denoiser": denoiser_params, "mdlm": mdlm_params, "ar_baseline": ar_params}
@@ -205,25 +260,14 @@ def run_dataset(dataset: str, root: pathlib.Path, data_dir, preset: dict, *, sha
   rows["GPT-2 baseline"] = (_read_json(ar_out / "samples.json"), None)
 
   # 4. Scores, all by the same code.
-  featurizer = featurizers.get_featurizer("minilm")
-  judge = perplexity.load_causal_lm(str(judge_dir))
-  classifier = None
-  if sc_config.model.num_classes > 0:
-    classifier = classifier_lib.train_classifier(train_texts, [r["label"] for r in train_records], featurizer)
-    results["classifier_accuracy_on_real_validation"] = classifier.accuracy(
-        reference, [r["label"] for r in valid_records])
-  shared = {}  # The reference's features and the training 4-grams, built once for every row.
+  scorer = Scorer(train_records, valid_records, judge_dir, num_draws=preset["num_draws"],
+                  class_conditional=sc_config.model.num_classes > 0)
+  if scorer.classifier_accuracy is not None:
+    results["classifier_accuracy_on_real_validation"] = scorer.classifier_accuracy
   for name, (texts, labels) in rows.items():
-    if name in results["rows"]:
-      continue
-    if not shared:
-      from ldlg.evaluation import ngram_metrics
-      shared = dict(reference_features=featurizer(reference), train_texts=ngram_metrics.training_ngrams(train_texts))
-    use_labels = labels if classifier is not None and labels and labels[0] is not None else None
-    results["rows"][name] = evaluate_lib.evaluate_draws(
-        texts, reference, featurizer=featurizer, num_draws=preset["num_draws"], ppl_model=judge,
-        sample_labels=use_labels, classifier=classifier if use_labels else None, **shared)
-    save()
+    if name not in results["rows"]:
+      results["rows"][name] = scorer(texts, labels)
+      save()
   return results
 
 
