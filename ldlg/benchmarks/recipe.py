@@ -106,7 +106,7 @@ def row_config(dataset: str, name: str, preset: dict) -> ml_collections.ConfigDi
 def check_sampled_from(dataset: str, name: str, preset: dict) -> str:
   """The trained row a sample-only row reads; fails unless the two configs differ in `sample.*` only."""
   source = ROWS[name].sampled_from
-  if source is None or ROWS.get(source, Row("")).sampled_from is not None or source not in ROWS:
+  if source not in ROWS or ROWS[source].sampled_from is not None:
     raise ValueError(f"row {name!r}: sampled_from={source!r} must name a row that trains")
   mine, theirs = (flatten(json.loads(row_config(dataset, n, preset).to_json())) for n in (name, source))
   differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and not k.startswith("sample."))
