@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import time
 from typing import Any, Sequence
 
 from absl import app
@@ -133,18 +132,21 @@ def link_codec(codec: Workdir, row_wd: Workdir, config: ml_collections.ConfigDic
 
 
 def _timed_stage(stage: str, config, wd: Workdir, data_dir) -> float:
-  t0 = time.perf_counter()
-  pipeline.run(stage, config, wd.root, data_dir=data_dir)
-  return time.perf_counter() - t0
+  return quality._timed(pipeline.run, stage, config, wd.root, data_dir=data_dir)[1]  # pylint: disable=protected-access
 
 
-def run_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict, codec: Workdir) -> dict[str, Any]:
-  """Trains (or links) and samples one row; returns its recipe_row.json record (times; scores once scored)."""
+def run_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict, codec: Workdir,
+            trained: dict | None = None) -> dict[str, Any]:
+  """Trains (or links) and samples one row; returns its recipe_row.json record (times; scores once scored).
+
+  A sample-only row (checked by `check_sampled_from` before) gets its trained row's record as `trained`: that row
+  has been run already, and this one links its checkpoints.
+  """
   config = row_config(dataset, name, preset)
   wd = Workdir(root / dataset / "rows" / name)
   record_file = wd.root / "recipe_row.json"
   record = json.loads(record_file.read_text()) if record_file.exists() else {}
-  source = check_sampled_from(dataset, name, preset) if ROWS[name].sampled_from else None
+  source = ROWS[name].sampled_from
   if source is None:
     link_codec(codec, wd, config)
     own_stages = [s.name for s in methods.stages(config)]  # train_compression only on compressed latents.
@@ -153,7 +155,6 @@ def run_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict,
         record[f"{stage}_seconds"] = _timed_stage(stage, config, wd, data_dir)
         record_file.write_text(json.dumps(record, indent=2))
   else:
-    trained = run_row(source, dataset, root, data_dir, preset, codec)
     record["train_seconds"] = trained.get("train_seconds")
     src = Workdir(root / dataset / "rows" / source)
     wd.root.mkdir(parents=True, exist_ok=True)
@@ -194,7 +195,9 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
   for stage in ("pretrain_autoencoder", "precompute"):
     if not pipeline.stage_done(stage, base_config, codec, data_dir):
       timings[stage] = _timed_stage(stage, base_config, codec, data_dir)
-  records = {name: run_row(name, dataset, root, data_dir, preset, codec) for name in rows}
+  records = {}
+  for name in rows:  # A sample-only row comes after its trained row (above), whose record it reads.
+    records[name] = run_row(name, dataset, root, data_dir, preset, codec, trained=records.get(ROWS[name].sampled_from))
 
   # The judge last: only the scoring needs it (a second process running other rows finds it made).
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(codec.autoencoder_dir))
