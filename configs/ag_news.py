@@ -7,7 +7,8 @@ Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 
   The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
   Locally the AG News train split is a 10,001-row subset (9,001 train / 1,000 validation).
 Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small
-BART trained on the corpus, then a small denoiser.
+BART trained on the corpus, then a small denoiser; the class is added to the time embedding and the sampler uses
+classifier-free guidance w = 5 (configs/default.py, `with_class_recipe`, chosen on SST: not measured on AG News).
   python -m ldlg.main --config=configs/ag_news.py:cpu --workdir=runs/ag_news_cpu --mode=pipeline \
       --data_dir=../shared/data
   Hardware: 2 CPU cores. Time and results: see the README's results section.

@@ -7,7 +7,8 @@ Paper setting (`facebook/bart-base`, 12 x 768 denoiser, 100k steps at batch 64, 
   The paper reports MAUVE, perplexity and diversity for this setting (Lovelace et al., Tables 1/5).
 
 Offline CPU setting (`:cpu`; `:ar_cpu` is the matched GPT-2 baseline on the same data): our own tokenizer + small
-BART trained on the corpus, then a small denoiser.
+BART trained on the corpus, then a small denoiser; the class is added to the time embedding and the sampler uses
+classifier-free guidance w = 5 (configs/default.py, `with_class_recipe`: the README's recipe ablation).
   python -m ldlg.main --config=configs/sst.py:cpu --workdir=runs/sst_cpu --mode=pipeline \
       --data_dir=../shared/data
   Hardware: 2 CPU cores. Time and results: see the README's results section.
@@ -18,8 +19,8 @@ sizing or (without the `cpu_` prefix) at paper size:
       --data_dir=../shared/data
   python -m ldlg.main --config=configs/sst.py:cpu_later --workdir=runs/sst_cpu_later --mode=pipeline \
       --data_dir=../shared/data
-  Hardware: 2 CPU cores, as `:cpu`. Not yet measured: they exist to find out which choice moves MAUVE, judge
-  perplexity and class accuracy (issue 13).
+  Hardware: 2 CPU cores, as `:cpu`. Measured against `:cpu` in the README's "Recipe ablation on SST"
+  (`python -m ldlg.benchmarks.recipe`).
 """
 
 from configs import default

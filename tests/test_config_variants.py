@@ -3,7 +3,7 @@ and that configs which do not ask for them are untouched (no new fields, so save
 import jax
 import pytest
 
-from configs import default, sst, tiny
+from configs import default, e2e, sst, tiny
 from ldlg.config_validation import validate_config
 from ldlg.methods.gaussian.method import GaussianDiffusion
 from ldlg.networks.denoiser import Denoiser
@@ -15,7 +15,10 @@ NEW_MODEL_FIELDS = ("time_input", "noise_schedule", "latent_scale", "self_cond_m
 @pytest.mark.parametrize("arg", [None, "cpu"])
 def test_plain_configs_have_none_of_the_new_fields(arg):
   config = sst.get_config(arg)
-  assert not set(NEW_MODEL_FIELDS) & set(config.model)
+  # `:cpu` of a class-conditional dataset has the recipe ablation's class input (configs/default.py,
+  # with_class_recipe); a saved config without it reads as the memory token (ADDED_FIELD_DEFAULTS).
+  assert set(NEW_MODEL_FIELDS) & set(config.model) == ({"class_input"} if arg else set())
+  assert not set(NEW_MODEL_FIELDS) & set(e2e.get_config(arg).model)  # Unconditional: untouched.
   assert "latent_scale" not in config.diffusion
   # Present with the value that reproduces the old behaviour, which a saved config without it matches
   # (ldlg.engine.workdir.ADDED_FIELD_DEFAULTS).
@@ -32,6 +35,8 @@ def test_official_v1_recipe():
   assert (config.diffusion.loss_type, config.diffusion.objective, config.diffusion.schedule) == ("l1", "x0", "linear")
   assert config.diffusion.self_condition_mode == "per_batch" and config.optim.decay_mask == "matrices"
   assert config.train.ema_power == 0.75 and config.autoencoder.max_decode_length == 64
+  # v1's class conditioning (a memory token, no guidance), not the `:cpu` default's.
+  assert config.model.get("class_input", "memory_token") == "memory_token" and config.sample.guidance_scale == 1.0
   # The CPU sizing is kept: only the recipe's own choices change.
   assert (config.model.dim, config.model.num_layers, config.optim.lr) == (128, 4, 5e-4)
   method = GaussianDiffusion.from_config(config)

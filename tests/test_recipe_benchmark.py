@@ -23,14 +23,25 @@ def test_every_row_builds_a_valid_config_of_its_variant_with_its_overrides():
   for name in recipe.ROWS:
     validate_config(recipe.row_config("sst", name, SMOKE))
   assert recipe.row_config("sst", "class_time", SMOKE).model.class_input == "time"
-  assert recipe.row_config("sst", "default", SMOKE).model.get("class_input", "memory_token") == "memory_token"
+  assert recipe.row_config("sst", "old_default", SMOKE).model.get("class_input", "memory_token") == "memory_token"
   later = recipe.row_config("sst", "later", SMOKE)
   assert (later.diffusion.objective, later.model.self_cond_mode) == ("v", "concat")
   wide = recipe.row_config("sst", "wide_half_steps", SMOKE)
   assert (wide.model.dim, wide.train.num_steps) == (256, 750)  # A row's own steps win over the preset's.
-  assert recipe.row_config("sst", "default", SMOKE).train.num_steps == SMOKE["steps"]
+  assert recipe.row_config("sst", "old_default", SMOKE).train.num_steps == SMOKE["steps"]
   with pytest.raises(ValueError, match="unknown recipe row 'nope'"):
     recipe.row_config("sst", "nope", SMOKE)
+
+
+def test_the_cpu_default_is_the_ablation_s_class_time_w5_row_and_the_baseline_pins_the_recipe_before_it():
+  # The README's quality table re-uses the recipe's rows as the `:cpu` LD4LG: that holds only while the two configs
+  # agree in every field.
+  as_is = ab.apply_overrides(recipe.row_config("sst", "old_default", SMOKE), "")
+  now = recipe.quality._preset_config("sst", "cpu", SMOKE)  # pylint: disable=protected-access
+  now.autoencoder.num_steps, now.train.sample_every = SMOKE["ae_steps"], 0
+  assert json.loads(now.to_json()) == json.loads(recipe.row_config("sst", "class_time_w5", SMOKE).to_json())
+  assert (as_is.model.class_input, as_is.sample.guidance_scale) == ("memory_token", 1.0)
+  assert (now.model.class_input, now.sample.guidance_scale) == ("time", 5.0)
 
 
 def test_overrides_keep_the_config_s_field_links():
@@ -46,7 +57,7 @@ def test_sample_only_rows_differ_from_their_trained_row_in_sampling_alone(monkey
     if row.sampled_from:
       assert recipe.check_sampled_from("sst", name, SMOKE) == row.sampled_from
   rows = dict(recipe.ROWS, bad=recipe.Row("retrains", overrides="model.class_input=time,sample.guidance_scale=2.0",
-                                           sampled_from="default"),
+                                           sampled_from="old_default"),
               chained=recipe.Row("x", overrides="model.class_input=time", sampled_from="class_time_w3"))
   monkeypatch.setattr(recipe, "ROWS", rows)
   with pytest.raises(ValueError, match=r"differs outside sample\.\*: \['model.class_input'\]"):
@@ -59,14 +70,14 @@ def test_rows_link_the_shared_codec_only_when_they_agree_with_it(tmp_path):
   codec = Workdir(tmp_path / "codec")
   for name in ("autoencoder", "tfds", "latents"):
     (codec.root / name).mkdir(parents=True)
-  codec.config_file.write_text(recipe.row_config("sst", "default", SMOKE).to_json())
+  codec.config_file.write_text(recipe.row_config("sst", "old_default", SMOKE).to_json())
   later = Workdir(tmp_path / "later")
   recipe.link_codec(codec, later, recipe.row_config("sst", "later", SMOKE))
   assert all((later.root / n).is_symlink() for n in ("autoencoder", "tfds", "latents"))
   compressed = Workdir(tmp_path / "compressed")
   recipe.link_codec(codec, compressed, recipe.row_config("sst", "later_compressed", SMOKE))
   assert (compressed.root / "autoencoder").is_symlink() and not (compressed.root / "latents").exists()
-  other = ab.apply_overrides(recipe.row_config("sst", "default", SMOKE), "autoencoder.d_model=64")
+  other = ab.apply_overrides(recipe.row_config("sst", "old_default", SMOKE), "autoencoder.d_model=64")
   with pytest.raises(ValueError, match="autoencoder.d_model: saved 128, now 64"):
     recipe.link_codec(codec, Workdir(tmp_path / "other"), other)
 
@@ -78,7 +89,7 @@ def _scores(mauve, ppl, acc):
 
 
 def test_the_table_compares_every_row_with_the_baseline():
-  records = {"default": {"scores": _scores([0.2, 0.22, 0.21], [500, 510, 505], [0.5, 0.52, 0.51]),
+  records = {"old_default": {"scores": _scores([0.2, 0.22, 0.21], [500, 510, 505], [0.5, 0.52, 0.51]),
                          "train_seconds": 600.0, "train_steps": 10, "description": "base"},
              "class_time_w3": {"scores": _scores([0.3, 0.32, 0.31], [500, 512, 503], [0.6, 0.62, 0.61]),
                                "train_seconds": 660.0, "train_steps": 10, "sampled_from": "class_time",
@@ -99,12 +110,12 @@ def test_the_table_compares_every_row_with_the_baseline():
 @pytest.mark.slow
 def test_recipe_benchmark_smoke(tmp_path, data_dir):
   cmd = [sys.executable, "-m", "ldlg.benchmarks.recipe", f"--workdir={tmp_path}", f"--data_dir={data_dir}",
-         "--preset=smoke", "--dataset=sst", "--rows=default,class_time_w3,later"]
+         "--preset=smoke", "--dataset=sst", "--rows=old_default,class_time_w3,later"]
   run = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
                        text=True, timeout=2400)
   assert run.returncode == 0, run.stderr[-4000:]
   report = json.loads((tmp_path / "sst" / "recipe.json").read_text())
-  assert list(report["rows"]) == ["default", "class_time", "class_time_w3", "later"]  # The guided row's model too.
+  assert list(report["rows"]) == ["old_default", "class_time", "class_time_w3", "later"]  # The guided row's model too.
   for name, row in report["rows"].items():
     assert 0 < row["scores"]["mauve"]["mean"] <= 1 and "class_accuracy" in row["scores"], name
   assert set(report["comparisons"]) == {"class_time", "class_time_w3", "later"}

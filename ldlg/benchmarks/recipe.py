@@ -1,7 +1,7 @@
 r"""The recipe ablation: LD4LG's choices one at a time, at one equal budget, scored by one judge.
 
   python -m ldlg.benchmarks.recipe --workdir=runs/recipe --data_dir=../shared/data --dataset=sst \
-      --rows=default,no_self_cond,class_time,class_time_w3,later,official_v1
+      --rows=old_default,no_self_cond,class_time,class_time_w5,later,official_v1
 
 Every row is the dataset's `:cpu` LD4LG (or another of its variants, e.g. the later version) with a few fields
 changed (`ROWS`); all rows train the quality benchmark preset's steps (equal steps; each row's training wall time
@@ -9,11 +9,11 @@ is reported beside it, so a row that buys its quality with slower steps shows it
 steps" row states its own `train.num_steps`), sample the same number of texts with the same seed, and are scored
 by `quality.Scorer`: MAUVE against the validation split, perplexity under one GPT-2 judge, diversity,
 memorization and (class-conditional datasets) the accuracy of one probe; mean ± std over the draws. Each row is
-compared with `default` by `evaluate.compare_draws` (difference, its standard error, Welch p over the draws: one
+compared with `old_default` by `evaluate.compare_draws` (difference, its standard error, Welch p over the draws: one
 trained model per row, so p speaks to sampling noise, not to training seeds).
 
 Shared, and made once:
-  <workdir>/<dataset>/codec/        tokenizer, BART autoencoder, TFDS data and latents (the `default` row's config)
+  <workdir>/<dataset>/codec/        tokenizer, BART autoencoder, TFDS data and latents (the `old_default` row's config)
   <workdir>/<dataset>/judge/        the perplexity judge: a GPT-2 matched to the default denoiser, seed 1, trained
                                     the preset's steps whatever --steps says (one yardstick for every budget)
 Per row:
@@ -62,18 +62,32 @@ class Row:
   sampled_from: str | None = None  # A trained row whose checkpoints this row samples (its changes: sample.* only).
 
 
-BASELINE = "default"
+# The rows on the `:cpu` variant are changes to the recipe as it was before this ablation, whose class conditioning
+# (a memory token, no guidance) they pin: `:cpu` now has the ablation's choice (configs/default.py,
+# `with_class_recipe`), which is the row `class_time_w5`.
+BEFORE = "model.class_input=memory_token,sample.guidance_scale=1.0"
+BASELINE = "old_default"
 ROWS = {
-    "default": Row("`:cpu` as it is: x0-prediction, linear schedule, self-conditioning cross-attended, class as a "
-                   "memory token"),
-    "no_self_cond": Row("self-conditioning off", overrides="diffusion.self_condition_prob=0.0"),
-    "class_time": Row("class added to the time embedding (official HEAD)", overrides="model.class_input=time"),
+    "old_default": Row("`:cpu` before this ablation: x0-prediction, linear schedule, self-conditioning cross-attended, "
+                       "class as a memory token, no guidance", overrides=BEFORE),
+    "no_self_cond": Row("old_default, self-conditioning off", overrides=f"{BEFORE},diffusion.self_condition_prob=0.0"),
+    "class_time": Row("class added to the time embedding (official HEAD)",
+                      overrides="model.class_input=time,sample.guidance_scale=1.0"),
     "class_time_w2": Row("class_time, guidance w = 2", overrides="model.class_input=time,sample.guidance_scale=2.0",
                          sampled_from="class_time"),
     "class_time_w3": Row("class_time, guidance w = 3", overrides="model.class_input=time,sample.guidance_scale=3.0",
                          sampled_from="class_time"),
-    "class_time_w5": Row("class_time, guidance w = 5", overrides="model.class_input=time,sample.guidance_scale=5.0",
-                         sampled_from="class_time"),
+    "class_time_w5": Row("class_time, guidance w = 5 (the `:cpu` default now)",
+                         overrides="model.class_input=time,sample.guidance_scale=5.0", sampled_from="class_time"),
+    # A second training seed of the class_time rows (the top-level seed: initialisation, batches, noise, samples).
+    "class_time_seed1": Row("class_time, training seed 1", overrides="model.class_input=time,sample.guidance_scale=1.0,"
+                            "seed=1"),
+    "class_time_seed1_w3": Row("class_time_seed1, guidance w = 3",
+                               overrides="model.class_input=time,seed=1,sample.guidance_scale=3.0",
+                               sampled_from="class_time_seed1"),
+    "class_time_seed1_w5": Row("class_time_seed1, guidance w = 5",
+                               overrides="model.class_input=time,seed=1,sample.guidance_scale=5.0",
+                               sampled_from="class_time_seed1"),
     "later": Row("the later version on BART latents: v-prediction, cosine, ᾱ input, concatenated self-cond., "
                  "U-Net skips, class via time, dropout 0.1", variant="cpu_later"),
     "later_w3": Row("later, guidance w = 3", variant="cpu_later", overrides="sample.guidance_scale=3.0",
@@ -81,10 +95,11 @@ ROWS = {
     "official_v1": Row("the official v1 scripts' recipe: L1 loss, exact GELU, head width 64, dropout 0.1, their "
                        "initial scales, per-batch self-cond. coin, decay mask, EMA warm-up", variant="cpu_official_v1"),
     "later_compressed": Row("later, on the compression network's 32 × 64 latents", variant="cpu_later_compressed"),
-    "wide_half_steps": Row("denoiser width 256 (4× the parameters), half the steps",
-                           overrides="model.dim=256,train.num_steps=750"),
+    "wide_half_steps": Row("old_default with denoiser width 256 (4× the parameters), half the steps",
+                           overrides=f"{BEFORE},model.dim=256,train.num_steps=750"),
 }
-DEFAULT_ROWS = ("default", "no_self_cond", "class_time", "class_time_w3", "later", "later_w3", "official_v1")
+DEFAULT_ROWS = ("old_default", "no_self_cond", "class_time", "class_time_w3", "class_time_w5", "later", "later_w3",
+                "official_v1")
 # The codec's fields: a row may link the shared codec only if it agrees with it on every one of them.
 CODEC_FIELDS = ("autoencoder.", "tokenizer.", "data.")
 METRICS = ("mauve", "perplexity", "diversity", "memorization", "class_accuracy")
@@ -188,7 +203,7 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
     if ROWS[name].sampled_from:
       check_sampled_from(dataset, name, preset)
 
-  # The shared codec: the default row's tokenizer, autoencoder, datasets and latents.
+  # The shared codec: the baseline row's tokenizer, autoencoder, datasets and latents.
   base_config = row_config(dataset, BASELINE, preset)
   codec = Workdir(root / dataset / "codec")
   timings = {}
@@ -268,7 +283,7 @@ def format_table(report: dict) -> str:
            f"{report['judge']['valid_loss'] or float('nan'):.3f} nats/token.",
            ""]
   header = ("| row | MAUVE | judge ppl | diversity | memorization |" + (" class acc. |" if has_acc else "")
-            + " train time | vs default: MAUVE / ppl" + (" / class acc." if has_acc else "") + " (Welch p) |")
+            + " train time | vs " + BASELINE + ": MAUVE / ppl" + (" / class acc." if has_acc else "") + " (Welch p) |")
   lines += [header, "|" + "---|" * (header.count("|") - 1)]
   for name, r in rows.items():
     m = r.get("scores", {})

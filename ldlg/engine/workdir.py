@@ -88,7 +88,8 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
 # they existed: a saved config without the field matches a current one holding this value.
 ADDED_FIELD_DEFAULTS = {"diffusion.self_condition_mode": "per_example", "train.ema_power": 0.0,
                         "optim.decay_mask": "all", "optim.end_lr_fraction": 0.0, "data.group_by_length": 0,
-                        "autoencoder.group_by_length": 0, "model.segment_embedding": False}
+                        "autoencoder.group_by_length": 0, "model.segment_embedding": False,
+                        "model.class_input": "memory_token"}
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
