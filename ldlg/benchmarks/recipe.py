@@ -88,6 +88,12 @@ ROWS = {
     "class_time_seed1_w5": Row("class_time_seed1, guidance w = 5",
                                overrides="model.class_input=time,seed=1,sample.guidance_scale=5.0",
                                sampled_from="class_time_seed1"),
+    # The self-conditioning ablation on the `:cpu` default (class_time_w5): the quality table's second LD4LG row.
+    "class_time_no_sc": Row("class_time, self-conditioning off", overrides="model.class_input=time,"
+                            "sample.guidance_scale=1.0,diffusion.self_condition_prob=0.0"),
+    "class_time_no_sc_w5": Row("class_time_no_sc, guidance w = 5 (`:cpu` without self-conditioning)",
+                               overrides="model.class_input=time,sample.guidance_scale=5.0,"
+                                         "diffusion.self_condition_prob=0.0", sampled_from="class_time_no_sc"),
     "later": Row("the later version on BART latents: v-prediction, cosine, ᾱ input, concatenated self-cond., "
                  "U-Net skips, class via time, dropout 0.1", variant="cpu_later"),
     "later_w3": Row("later, guidance w = 3", variant="cpu_later", overrides="sample.guidance_scale=3.0",
