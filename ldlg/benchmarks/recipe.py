@@ -66,44 +66,43 @@ class Row:
 # (a memory token, no guidance) they pin: `:cpu` now has the ablation's choice (configs/default.py,
 # `with_class_recipe`), which is the row `class_time_w5`.
 BEFORE = "model.class_input=memory_token,sample.guidance_scale=1.0"
+CLASS_TIME = "model.class_input=time,sample.guidance_scale=1.0"
 BASELINE = "old_default"
+
+
+def _guided(source: str, scale: float, note: str = "") -> Row:
+  """A sample-only row: `source`'s checkpoints sampled with guidance w = scale (its overrides, then the scale)."""
+  return Row(f"{source}, guidance w = {scale:g}{note}", ROWS[source].variant,
+             f"{ROWS[source].overrides},sample.guidance_scale={float(scale)}", sampled_from=source)
+
+
 ROWS = {
     "old_default": Row("`:cpu` before this ablation: x0-prediction, linear schedule, self-conditioning cross-attended, "
                        "class as a memory token, no guidance", overrides=BEFORE),
     "no_self_cond": Row("old_default, self-conditioning off", overrides=f"{BEFORE},diffusion.self_condition_prob=0.0"),
-    "class_time": Row("class added to the time embedding (official HEAD)",
-                      overrides="model.class_input=time,sample.guidance_scale=1.0"),
-    "class_time_w2": Row("class_time, guidance w = 2", overrides="model.class_input=time,sample.guidance_scale=2.0",
-                         sampled_from="class_time"),
-    "class_time_w3": Row("class_time, guidance w = 3", overrides="model.class_input=time,sample.guidance_scale=3.0",
-                         sampled_from="class_time"),
-    "class_time_w5": Row("class_time, guidance w = 5 (the `:cpu` default now)",
-                         overrides="model.class_input=time,sample.guidance_scale=5.0", sampled_from="class_time"),
-    # A second training seed of the class_time rows (the top-level seed: initialisation, batches, noise, samples).
-    "class_time_seed1": Row("class_time, training seed 1", overrides="model.class_input=time,sample.guidance_scale=1.0,"
-                            "seed=1"),
-    "class_time_seed1_w3": Row("class_time_seed1, guidance w = 3",
-                               overrides="model.class_input=time,seed=1,sample.guidance_scale=3.0",
-                               sampled_from="class_time_seed1"),
-    "class_time_seed1_w5": Row("class_time_seed1, guidance w = 5",
-                               overrides="model.class_input=time,seed=1,sample.guidance_scale=5.0",
-                               sampled_from="class_time_seed1"),
+    "class_time": Row("class added to the time embedding (official HEAD)", overrides=CLASS_TIME),
+    # A second training seed of class_time (the top-level seed: initialisation, batches, noise, samples).
+    "class_time_seed1": Row("class_time, training seed 1", overrides=f"{CLASS_TIME},seed=1"),
     # The self-conditioning ablation on the `:cpu` default (class_time_w5): the quality table's second LD4LG row.
-    "class_time_no_sc": Row("class_time, self-conditioning off", overrides="model.class_input=time,"
-                            "sample.guidance_scale=1.0,diffusion.self_condition_prob=0.0"),
-    "class_time_no_sc_w5": Row("class_time_no_sc, guidance w = 5 (`:cpu` without self-conditioning)",
-                               overrides="model.class_input=time,sample.guidance_scale=5.0,"
-                                         "diffusion.self_condition_prob=0.0", sampled_from="class_time_no_sc"),
+    "class_time_no_sc": Row("class_time, self-conditioning off",
+                            overrides=f"{CLASS_TIME},diffusion.self_condition_prob=0.0"),
     "later": Row("the later version on BART latents: v-prediction, cosine, ᾱ input, concatenated self-cond., "
                  "U-Net skips, class via time, dropout 0.1", variant="cpu_later"),
-    "later_w3": Row("later, guidance w = 3", variant="cpu_later", overrides="sample.guidance_scale=3.0",
-                    sampled_from="later"),
     "official_v1": Row("the official v1 scripts' recipe: L1 loss, exact GELU, head width 64, dropout 0.1, their "
                        "initial scales, per-batch self-cond. coin, decay mask, EMA warm-up", variant="cpu_official_v1"),
     "later_compressed": Row("later, on the compression network's 32 × 64 latents", variant="cpu_later_compressed"),
     "wide_half_steps": Row("old_default with denoiser width 256 (4× the parameters), half the steps",
                            overrides=f"{BEFORE},model.dim=256,train.num_steps=750"),
 }
+ROWS.update({
+    "class_time_w2": _guided("class_time", 2),
+    "class_time_w3": _guided("class_time", 3),
+    "class_time_w5": _guided("class_time", 5, " (the `:cpu` default now)"),
+    "class_time_seed1_w3": _guided("class_time_seed1", 3),
+    "class_time_seed1_w5": _guided("class_time_seed1", 5),
+    "class_time_no_sc_w5": _guided("class_time_no_sc", 5, " (`:cpu` without self-conditioning)"),
+    "later_w3": _guided("later", 3),
+})
 DEFAULT_ROWS = ("old_default", "no_self_cond", "class_time", "class_time_w3", "class_time_w5", "later", "later_w3",
                 "official_v1")
 # The codec's fields: a row may link the shared codec only if it agrees with it on every one of them.
