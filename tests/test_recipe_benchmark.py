@@ -66,6 +66,24 @@ def test_sample_only_rows_differ_from_their_trained_row_in_sampling_alone(monkey
     recipe.check_sampled_from("sst", "chained", SMOKE)
 
 
+def test_autoregressive_rows_are_matched_to_their_capping_row_and_run_after_it(monkeypatch):
+  capped = recipe.row_config("sst", "gpt2_steps3000", SMOKE)
+  # The GPT-2 is sized, tokenized and stepped by its LD4LG row's config: the same config, field for field.
+  assert json.loads(capped.to_json()) == json.loads(recipe.row_config("sst", "class_time_w5_steps3000",
+                                                                      SMOKE).to_json())
+  assert capped.train.num_steps == 3000 and recipe.ROWS["gpt2_steps3000"].needs == "class_time_w5_steps3000"
+  rows = dict(recipe.ROWS, on_guided=recipe.Row("x", ar_capped_by="class_time_w3"),
+              with_overrides=recipe.Row("x", overrides="seed=3", ar_capped_by="class_time"),
+              sampling_gpt2=recipe.Row("x", sampled_from="gpt2"))
+  monkeypatch.setattr(recipe, "ROWS", rows)
+  with pytest.raises(ValueError, match="must name a row that trains LD4LG"):
+    recipe.row_config("sst", "on_guided", SMOKE)
+  with pytest.raises(ValueError, match="takes neither overrides nor sampled_from"):
+    recipe.row_config("sst", "with_overrides", SMOKE)
+  with pytest.raises(ValueError, match="must name a row that trains"):
+    recipe.check_sampled_from("sst", "sampling_gpt2", SMOKE)
+
+
 def test_rows_link_the_shared_codec_only_when_they_agree_with_it(tmp_path):
   codec = Workdir(tmp_path / "codec")
   for name in ("autoencoder", "tfds", "latents"):
@@ -106,19 +124,46 @@ def test_the_table_compares_every_row_with_the_baseline():
   assert "+0.1 (p " in table and "(same model)" in table and "0.750" in table
 
 
+def test_budget_series_place_each_gpt2_point_at_its_capping_row_s_budget():
+  def row(mauve, ppl, steps, seconds, capped_by=None):
+    return {"scores": _scores([mauve] * 3, [ppl] * 3, [0.7] * 3), "train_steps": steps, "train_seconds": seconds,
+            "ar_capped_by": capped_by}
+  records = {"class_time": row(0.28, 509, 1500, 1165.0), "class_time_w5": row(0.18, 437, 1500, 1165.0),
+             "class_time_w5_steps3000": row(0.30, 400, 3000, 1000.0),
+             "gpt2": row(0.57, 421, 705, 1165.0, "class_time"),
+             "gpt2_steps3000": row(0.55, 450, 600, 1000.0, "class_time_w5_steps3000")}
+  curves = recipe.budget_curves(records)
+  default, w1, gpt2 = (curves[s] for s in recipe.BUDGET_SERIES)
+  assert [(p["steps"], p["row"]) for p in default] == [(1500, "class_time_w5"), (3000, "class_time_w5_steps3000")]
+  assert [p["row"] for p in w1] == ["class_time"]  # Unscored rows are left out of their series.
+  assert [(p["steps"], p["train_steps"]) for p in gpt2] == [(1500, 705), (3000, 600)]
+  crossings = recipe.ttq.crossings(curves)
+  # MAUVE: LD4LG 0.18 -> 0.30 against the GPT-2's 0.57 -> 0.55; straight lines in log(steps) meet ahead.
+  assert crossings["LD4LG (`:cpu` default, w = 5) vs GPT-2 baseline"]["mauve"]["status"] == "ahead_of_range"
+  # Perplexity: LD4LG was behind (437 > 421) and is ahead at 3,000 (400 < 450): measured, not extrapolated.
+  assert crossings["LD4LG (`:cpu` default, w = 5) vs GPT-2 baseline"]["perplexity"] == {"status": "crossed",
+                                                                                         "steps": 3000}
+  lines = "\n".join(recipe._budget_lines({"curves": curves, "crossings": crossings}))
+  assert "- GPT-2 baseline (MAUVE / judge ppl): 1500: 0.570 / 421.0 (19.4 min, 705 steps run)" in lines
+  assert "perplexity crossed at 3000 steps" in lines
+
+
 @pytest.mark.extended
 @pytest.mark.slow
 def test_recipe_benchmark_smoke(tmp_path, data_dir):
   cmd = [sys.executable, "-m", "ldlg.benchmarks.recipe", f"--workdir={tmp_path}", f"--data_dir={data_dir}",
-         "--preset=smoke", "--dataset=sst", "--rows=old_default,class_time_w3,later"]
+         "--preset=smoke", "--dataset=sst", "--rows=old_default,class_time_w3,later,gpt2"]
   run = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
                        text=True, timeout=2400)
   assert run.returncode == 0, run.stderr[-4000:]
   report = json.loads((tmp_path / "sst" / "recipe.json").read_text())
-  assert list(report["rows"]) == ["old_default", "class_time", "class_time_w3", "later"]  # The guided row's model too.
+  assert list(report["rows"]) == ["old_default", "class_time", "class_time_w3", "later", "gpt2"]  # Needed rows too.
   for name, row in report["rows"].items():
-    assert 0 < row["scores"]["mauve"]["mean"] <= 1 and "class_accuracy" in row["scores"], name
-  assert set(report["comparisons"]) == {"class_time", "class_time_w3", "later"}
+    assert 0 < row["scores"]["mauve"]["mean"] <= 1, name
+    assert ("class_accuracy" in row["scores"]) == (name != "gpt2"), name  # The GPT-2 is unconditional.
+  assert set(report["comparisons"]) == {"class_time", "class_time_w3", "later", "gpt2"}
+  gpt2 = report["rows"]["gpt2"]
+  assert gpt2["ar_capped_by"] == "class_time" and gpt2["train_steps"] == SMOKE["steps"]  # Its steps, within the cap.
   rows = tmp_path / "sst" / "rows"
   assert (rows / "later" / "latents").is_symlink()  # One codec for every row...
   assert (rows / "class_time_w3" / "checkpoints").resolve() == (rows / "class_time" / "checkpoints").resolve()

@@ -21,7 +21,10 @@ Per row:
                                     scores)
 A row whose differences from another row are all in `sample.*` (a guidance scale) samples that row's checkpoints
 instead of training again (`Row.sampled_from`). A row on compressed latents links the autoencoder only and trains
-its own compression network and latents. Written: `<workdir>/<dataset>/recipe.json`, `<workdir>/recipe.md` (the
+its own compression network and latents. An autoregressive row (`Row.ar_capped_by`) trains the quality benchmark's
+matched GPT-2 baseline (seed 0) for its LD4LG row's steps, stopped at that row's training wall time, and samples as
+many texts: the two sit at equal training time, as the quality table's rows do (train them on equally loaded cores:
+the cap is a wall time). Written: `<workdir>/<dataset>/recipe.json`, `<workdir>/recipe.md` (the
 table) and `<workdir>/recipe.png` (MAUVE, judge perplexity and class accuracy per row, error bars = std over draws).
 
 Every stage resumes (re-running skips what is done), and the per-row files make it safe to run disjoint `--rows`
@@ -46,6 +49,7 @@ from ldlg import pipeline
 from ldlg.benchmarks import ab
 from ldlg.benchmarks import plots
 from ldlg.benchmarks import quality
+from ldlg.benchmarks import time_to_quality as ttq
 from ldlg.codecs import uses_compression
 from ldlg.config_validation import validate_config
 from ldlg.engine.workdir import Workdir
@@ -60,6 +64,14 @@ class Row:
   variant: str = "cpu"
   overrides: str = ""
   sampled_from: str | None = None  # A trained row whose checkpoints this row samples (its changes: sample.* only).
+  # An autoregressive row: the quality benchmark's matched GPT-2 baseline (seed 0) trained for this LD4LG row's
+  # steps and at most its training wall time, so the two sit side by side at equal time (no overrides of its own).
+  ar_capped_by: str | None = None
+
+  @property
+  def needs(self) -> str | None:
+    """The row that must run before this one (whose checkpoints or training time it reads), or None."""
+    return self.sampled_from or self.ar_capped_by
 
 
 # The rows on the `:cpu` variant are changes to the recipe as it was before this ablation, whose class conditioning
@@ -91,6 +103,16 @@ ROWS = {
     "official_v1": Row("the official v1 scripts' recipe: L1 loss, exact GELU, head width 64, dropout 0.1, their "
                        "initial scales, per-batch self-cond. coin, decay mask, EMA warm-up", variant="cpu_official_v1"),
     "later_compressed": Row("later, on the compression network's 32 × 64 latents", variant="cpu_later_compressed"),
+    # The `:cpu` default (class_time_w5) at two and four times the steps: points of LD4LG's time-to-quality curve.
+    "class_time_w5_steps3000": Row("the `:cpu` default (class via time, guidance w = 5), 3,000 steps",
+                                   overrides="model.class_input=time,sample.guidance_scale=5.0,train.num_steps=3000"),
+    "class_time_w5_steps6000": Row("the `:cpu` default (class via time, guidance w = 5), 6,000 steps",
+                                   overrides="model.class_input=time,sample.guidance_scale=5.0,train.num_steps=6000"),
+    # The matched GPT-2 (the quality benchmark's baseline) beside an LD4LG row at equal training time: the points
+    # of the time-to-quality comparison on the `:cpu` default.
+    "gpt2": Row("the matched GPT-2 baseline, capped at class_time's training time", ar_capped_by="class_time"),
+    "gpt2_steps3000": Row("the matched GPT-2 baseline, capped at class_time_w5_steps3000's training time",
+                          ar_capped_by="class_time_w5_steps3000"),
     "wide_half_steps": Row("old_default with denoiser width 256 (4× the parameters), half the steps",
                            overrides=f"{BEFORE},model.dim=256,train.num_steps=750"),
 }
@@ -102,7 +124,15 @@ ROWS.update({
     "class_time_seed1_w5": _guided("class_time_seed1", 5),
     "class_time_no_sc_w5": _guided("class_time_no_sc", 5, " (`:cpu` without self-conditioning)"),
     "later_w3": _guided("later", 3),
+    "class_time_w5_steps3000_w1": _guided("class_time_w5_steps3000", 1),
 })
+# Time to quality inside the recipe: the `:cpu` default at growing step budgets, and the GPT-2 capped at each budget's
+# training time (a GPT-2 point stands at its capping row's budget). One judge scores every point.
+BUDGET_SERIES = {
+    "LD4LG (`:cpu` default, w = 5)": ("class_time_w5", "class_time_w5_steps3000", "class_time_w5_steps6000"),
+    "LD4LG (`:cpu` default sampled with w = 1)": ("class_time", "class_time_w5_steps3000_w1"),
+    ttq.BASELINE: ("gpt2", "gpt2_steps3000"),
+}
 DEFAULT_ROWS = ("old_default", "no_self_cond", "class_time", "class_time_w3", "class_time_w5", "later", "later_w3",
                 "official_v1")
 # The codec's fields: a row may link the shared codec only if it agrees with it on every one of them.
@@ -112,10 +142,13 @@ METRICS = ("mauve", "perplexity", "diversity", "memorization", "class_accuracy")
 
 def row_config(dataset: str, name: str, preset: dict) -> ml_collections.ConfigDict:
   """The row's full config: its variant under the quality preset (steps, samples, draws, autoencoder steps),
-  then its overrides (so a row may set its own `train.num_steps`)."""
+  then its overrides (so a row may set its own `train.num_steps`). An autoregressive row's is its capping row's
+  (the GPT-2 is matched to that denoiser's size, BPE, length and steps)."""
   if name not in ROWS:
     raise ValueError(f"unknown recipe row {name!r}; rows are {sorted(ROWS)}")
   row = ROWS[name]
+  if row.ar_capped_by:
+    return row_config(dataset, check_ar_capped_by(name), preset)
   config = quality._preset_config(dataset, row.variant, preset)  # pylint: disable=protected-access
   config.autoencoder.num_steps = preset["ae_steps"]
   config.train.sample_every = 0
@@ -125,13 +158,23 @@ def row_config(dataset: str, name: str, preset: dict) -> ml_collections.ConfigDi
 def check_sampled_from(dataset: str, name: str, preset: dict) -> str:
   """The trained row a sample-only row reads; fails unless the two configs differ in `sample.*` only."""
   source = ROWS[name].sampled_from
-  if source not in ROWS or ROWS[source].sampled_from is not None:
+  if source not in ROWS or ROWS[source].needs is not None:
     raise ValueError(f"row {name!r}: sampled_from={source!r} must name a row that trains")
   mine, theirs = (flatten(json.loads(row_config(dataset, n, preset).to_json())) for n in (name, source))
   differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and not k.startswith("sample."))
   if differing:
     raise ValueError(f"row {name!r} samples {source!r}'s checkpoints but its config differs outside sample.*: "
                      f"{differing}; give it its own training (drop sampled_from)")
+  return source
+
+
+def check_ar_capped_by(name: str) -> str:
+  """The LD4LG row an autoregressive row is capped by; fails unless that row trains a diffusion model."""
+  source = ROWS[name].ar_capped_by
+  if source not in ROWS or ROWS[source].needs is not None:
+    raise ValueError(f"row {name!r}: ar_capped_by={source!r} must name a row that trains LD4LG")
+  if ROWS[name].overrides or ROWS[name].sampled_from:
+    raise ValueError(f"row {name!r}: an autoregressive row takes neither overrides nor sampled_from")
   return source
 
 
@@ -189,17 +232,58 @@ def run_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict,
   return record
 
 
+# The GPT-2 baseline's training and sampling seed (the quality benchmark's; its judge is quality.JUDGE_SEED).
+AR_SEED = 0
+
+
+def _codec_texts(config: ml_collections.ConfigDict, data_dir, codec: Workdir):
+  """The codec's tokenizer and its train and validation records ({"text", "label", ...})."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  from ldlg.data import splits  # pylint: disable=import-outside-toplevel
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(codec.autoencoder_dir))
+  return (tokenizer, splits.load_texts(config, data_dir, codec, config.data.train_split),
+          splits.load_texts(config, data_dir, codec, config.data.eval_split))
+
+
+def run_ar_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict, codec: Workdir,
+               capping: dict) -> dict[str, Any]:
+  """Trains the matched GPT-2 for the capping row's steps, stopped at its `train_seconds` (`capping`, that row's
+  record), and samples as many texts as the LD4LG rows; returns its recipe_row.json record."""
+  from ldlg.methods.autoregressive import sampler as ar_sample  # pylint: disable=import-outside-toplevel
+  from ldlg.methods.autoregressive import train as ar_train  # pylint: disable=import-outside-toplevel
+  config = row_config(dataset, name, preset)
+  wd = Workdir(root / dataset / "rows" / name)
+  record_file = wd.root / "recipe_row.json"
+  record = json.loads(record_file.read_text()) if record_file.exists() else {}
+  tokenizer, train_records, valid_records = _codec_texts(config, data_dir, codec)
+  ar_cfg, _, _ = quality.matched_ar_config(config, tokenizer)
+  result = quality.train_ar_once(ar_cfg, AR_SEED, wd.root, tokenizer, [r["text"] for r in train_records],
+                                 [r["text"] for r in valid_records], steps=int(config.train.num_steps),
+                                 max_seconds=capping["train_seconds"])
+  if not wd.samples_file.exists():
+    model, params, ar_tokenizer = ar_train.load_ar_baseline(wd.root)
+    texts, record["sample_seconds"] = quality._timed(  # pylint: disable=protected-access
+        ar_sample.sample_ar, model, params, ar_tokenizer, int(config.sample.num_samples), seed=AR_SEED,
+        max_length=int(config.data.max_length))
+    partial = wd.samples_file.with_suffix(".partial")  # Whole or absent: a resume never scores half a file.
+    partial.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    partial.rename(wd.samples_file)
+  record.update(description=ROWS[name].description, variant="autoregressive", overrides="",
+                ar_capped_by=ROWS[name].ar_capped_by, train_seconds=result["seconds"], train_steps=int(result["steps"]),
+                stopped_by=result.get("stopped_by"))
+  record_file.write_text(json.dumps(record, indent=2))
+  return record
+
+
 def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name: str = "cpu",
         rows: Sequence[str] = DEFAULT_ROWS, steps: int | None = None, draw_size: int | None = None) -> dict[str, Any]:
   """Every row (see the module docstring); returns the report written to `<root>/<dataset>/recipe.json`."""
-  import transformers  # pylint: disable=import-outside-toplevel
-  from ldlg.data import splits  # pylint: disable=import-outside-toplevel
   unknown = [r for r in rows if r not in ROWS]
   if unknown:
     raise ValueError(f"unknown recipe rows {unknown}; rows are {sorted(ROWS)}")
   # Each sample-only row's trained row just before it (its samples are made anyway, and guidance is read against
-  # the same model without it).
-  rows = list(dict.fromkeys(r for name in rows for r in (ROWS[name].sampled_from, name) if r))
+  # the same model without it), and each autoregressive row's capping row (whose training time is its cap).
+  rows = list(dict.fromkeys(r for name in rows for r in (ROWS[name].needs, name) if r))
   root = pathlib.Path(root).absolute()
   preset = dict(quality.PRESETS[preset_name])
   preset.update({k: v for k, v in (("steps", steps), ("draw_size", draw_size)) if v})
@@ -216,13 +300,15 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
     if not pipeline.stage_done(stage, base_config, codec, data_dir):
       timings[stage] = _timed_stage(stage, base_config, codec, data_dir)
   records = {}
-  for name in rows:  # A sample-only row comes after its trained row (above), whose record it reads.
-    records[name] = run_row(name, dataset, root, data_dir, preset, codec, trained=records.get(ROWS[name].sampled_from))
+  for name in rows:  # A row comes after the row it needs (above), whose record it reads.
+    if ROWS[name].ar_capped_by:
+      records[name] = run_ar_row(name, dataset, root, data_dir, preset, codec, records[ROWS[name].ar_capped_by])
+    else:
+      records[name] = run_row(name, dataset, root, data_dir, preset, codec,
+                              trained=records.get(ROWS[name].sampled_from))
 
   # The judge last: only the scoring needs it (a second process running other rows finds it made).
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(codec.autoencoder_dir))
-  train_records = splits.load_texts(base_config, data_dir, codec, base_config.data.train_split)
-  valid_records = splits.load_texts(base_config, data_dir, codec, base_config.data.eval_split)
+  tokenizer, train_records, valid_records = _codec_texts(base_config, data_dir, codec)
   ar_cfg, _, _ = quality.matched_ar_config(base_config, tokenizer)
   judge_dir = root / dataset / "judge"
   judge = quality.train_ar_once(ar_cfg, quality.JUDGE_SEED, judge_dir, tokenizer,
@@ -251,6 +337,8 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
             "reconstruction": quality._reconstruction_row(codec),  # pylint: disable=protected-access
             "codec_seconds": timings, "rows": records,
             "comparisons": comparisons(records)}
+  curves = budget_curves(records)
+  report["time_to_quality"] = {"curves": curves, "crossings": ttq.crossings(curves)}
   if scorer is not None and scorer.classifier_accuracy is not None:
     report["classifier_accuracy_on_real_validation"] = scorer.classifier_accuracy
   else:
@@ -262,7 +350,31 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
   (root / dataset / "recipe.json").write_text(json.dumps(report, indent=2))
   (root / "recipe.md").write_text(format_table(report) + "\n")
   report["plots"] = plot(report, root)
+  if any(len(points) > 1 for points in curves.values()):
+    report["plots"] += ttq.plot({"curves": curves, "controls": {}, "dataset": dataset, "preset": preset_name},
+                                root, filename="recipe_time_to_quality.png")
   return report
+
+
+def budget_curves(records: dict[str, dict]) -> dict[str, list[dict[str, Any]]]:
+  """`BUDGET_SERIES`' scored rows as time-to-quality curves (`time_to_quality.curves`' shape): per series, its points
+  in increasing budget, {"steps" (the LD4LG budget: a GPT-2 row's is its capping row's), "row", "train_steps" (steps
+  the row ran), "train_seconds", and each metric's {"mean", "std"}}."""
+  out = {}
+  for series, names in BUDGET_SERIES.items():
+    points = []
+    for name in names:
+      r = records.get(name, {})
+      if "scores" not in r:
+        continue
+      budget_row = records.get(r.get("ar_capped_by") or name, {})
+      point = {"steps": budget_row.get("train_steps"), "row": name, "train_steps": r.get("train_steps"),
+               "train_seconds": r.get("train_seconds")}
+      point.update({m: {k: r["scores"][m][k] for k in ("mean", "std")} for m in METRICS if m in r["scores"]})
+      points.append(point)
+    if points:
+      out[series] = sorted(points, key=lambda p: p["steps"])
+  return out
 
 
 def comparisons(records: dict[str, dict]) -> dict[str, dict]:
@@ -308,7 +420,28 @@ def format_table(report: dict) -> str:
   if "classifier_accuracy_on_real_validation" in report:
     lines.append(f"\nProbe accuracy on real validation text: {report['classifier_accuracy_on_real_validation']:.3f}.")
   lines.append("\nRows: " + "; ".join(f"`{n}`: {r['description']}" for n, r in rows.items()))
+  lines += _budget_lines(report.get("time_to_quality", {}))
   return "\n".join(lines)
+
+
+def _budget_lines(ttq_report: dict) -> list[str]:
+  """The time-to-quality series as lines of `budget: MAUVE / perplexity (train time)`, then the crossings."""
+  if not ttq_report.get("curves"):
+    return []
+  lines = ["", "Time to quality (per LD4LG budget; a GPT-2 point is capped at that budget's LD4LG training time):"]
+  for series, points in ttq_report["curves"].items():
+    cells = []
+    for p in points:
+      ran = f", {p['train_steps']} steps run" if p["train_steps"] != p["steps"] else ""
+      seconds = f"{p['train_seconds'] / 60:.1f} min" if p.get("train_seconds") else "–"
+      metrics = " / ".join(f"{p[m]['mean']:.3f}" if m == "mauve" else f"{p[m]['mean']:.1f}"
+                           for m in ("mauve", "perplexity") if m in p)
+      cells.append(f"{p['steps']}: {metrics} ({seconds}{ran})")
+    lines.append(f"- {series} (MAUVE / judge ppl): " + "; ".join(cells))
+  for pair, by_metric in ttq_report.get("crossings", {}).items():
+    lines.append(f"- {pair}: " + "; ".join(f"{m} {c['status']}" + (f" at {c['steps']:.0f} steps" if c.get("steps")
+                                                                   else "") for m, c in by_metric.items()))
+  return lines
 
 
 def plot(report: dict, out_dir: pathlib.Path) -> list[str]:

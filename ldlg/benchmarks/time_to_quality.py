@@ -116,9 +116,9 @@ def crossings(curve_set: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
           for row, points in curve_set.items() if row != BASELINE}
 
 
-def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
-  """time_to_quality.png: MAUVE and judge perplexity against steps and against training wall time; [] without
-  matplotlib."""
+def plot(report: dict, out_dir: pathlib.Path, filename: str = "time_to_quality.png") -> list[str]:
+  """<filename>: MAUVE and judge perplexity against steps and against training wall time, from `report`'s
+  "curves" and "controls" (the recipe benchmark draws its own budget series with it); [] without matplotlib."""
   plt = plots.pyplot()
   if plt is None:
     return []
@@ -142,9 +142,9 @@ def plot(report: dict, out_dir: pathlib.Path) -> list[str]:
   fig.suptitle(f"Time to quality on {report['dataset']} ({report['preset']} preset; error bars: std over draws)",
                fontsize=9)
   fig.tight_layout()
-  fig.savefig(out_dir / "time_to_quality.png", dpi=120)
+  fig.savefig(out_dir / filename, dpi=120)
   plt.close(fig)
-  return ["time_to_quality.png"]
+  return [filename]
 
 
 def adopt_quality_run(root: pathlib.Path, quality_root: str | pathlib.Path, dataset: str,
