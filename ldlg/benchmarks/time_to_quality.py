@@ -126,7 +126,8 @@ def plot(report: dict, out_dir: pathlib.Path, filename: str = "time_to_quality.p
   fig, axes = plt.subplots(2, 2, figsize=(9, 7))
   for ax, (metric, x_key) in zip(axes.ravel(), panels):
     for row, points in report["curves"].items():
-      pts = [p for p in points if metric in p and p.get(x_key)]
+      # In x order: on loaded cores a larger budget can take less wall time than a smaller one.
+      pts = sorted((p for p in points if metric in p and p.get(x_key)), key=lambda p: p[x_key])
       if pts:
         ax.errorbar([p[x_key] for p in pts], [p[metric]["mean"] for p in pts],
                     yerr=[p[metric]["std"] for p in pts], fmt="o-", capsize=3, markersize=4, label=row)
