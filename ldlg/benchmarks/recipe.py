@@ -82,6 +82,12 @@ CLASS_TIME = "model.class_input=time,sample.guidance_scale=1.0"
 BASELINE = "old_default"
 
 
+def _default_at(steps: int) -> Row:
+  """The `:cpu` default now (class_time_w5's config, pinned the same way) trained `steps` steps."""
+  return Row(f"the `:cpu` default (class via time, guidance w = 5), {steps:,} steps",
+             overrides=f"{CLASS_TIME},sample.guidance_scale=5.0,train.num_steps={steps}")
+
+
 def _guided(source: str, scale: float, note: str = "") -> Row:
   """A sample-only row: `source`'s checkpoints sampled with guidance w = scale (its overrides, then the scale)."""
   return Row(f"{source}, guidance w = {scale:g}{note}", ROWS[source].variant,
@@ -104,10 +110,8 @@ ROWS = {
                        "initial scales, per-batch self-cond. coin, decay mask, EMA warm-up", variant="cpu_official_v1"),
     "later_compressed": Row("later, on the compression network's 32 × 64 latents", variant="cpu_later_compressed"),
     # The `:cpu` default (class_time_w5) at two and four times the steps: points of LD4LG's time-to-quality curve.
-    "class_time_w5_steps3000": Row("the `:cpu` default (class via time, guidance w = 5), 3,000 steps",
-                                   overrides="model.class_input=time,sample.guidance_scale=5.0,train.num_steps=3000"),
-    "class_time_w5_steps6000": Row("the `:cpu` default (class via time, guidance w = 5), 6,000 steps",
-                                   overrides="model.class_input=time,sample.guidance_scale=5.0,train.num_steps=6000"),
+    "class_time_w5_steps3000": _default_at(3000),
+    "class_time_w5_steps6000": _default_at(6000),
     # The matched GPT-2 (the quality benchmark's baseline) beside an LD4LG row at equal training time: the points
     # of the time-to-quality comparison on the `:cpu` default.
     "gpt2": Row("the matched GPT-2 baseline, capped at class_time's training time", ar_capped_by="class_time"),
@@ -236,26 +240,18 @@ def run_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict,
 AR_SEED = 0
 
 
-def _codec_texts(config: ml_collections.ConfigDict, data_dir, codec: Workdir):
-  """The codec's tokenizer and its train and validation records ({"text", "label", ...})."""
-  import transformers  # pylint: disable=import-outside-toplevel
-  from ldlg.data import splits  # pylint: disable=import-outside-toplevel
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(codec.autoencoder_dir))
-  return (tokenizer, splits.load_texts(config, data_dir, codec, config.data.train_split),
-          splits.load_texts(config, data_dir, codec, config.data.eval_split))
-
-
-def run_ar_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict, codec: Workdir,
-               capping: dict) -> dict[str, Any]:
+def run_ar_row(name: str, dataset: str, root: pathlib.Path, preset: dict, capping: dict,
+               codec_texts: tuple) -> dict[str, Any]:
   """Trains the matched GPT-2 for the capping row's steps, stopped at its `train_seconds` (`capping`, that row's
-  record), and samples as many texts as the LD4LG rows; returns its recipe_row.json record."""
+  record), and samples as many texts as the LD4LG rows; returns its recipe_row.json record. `codec_texts`: the shared
+  codec's (tokenizer, train records, validation records); every row agrees with the codec on the data fields."""
   from ldlg.methods.autoregressive import sampler as ar_sample  # pylint: disable=import-outside-toplevel
   from ldlg.methods.autoregressive import train as ar_train  # pylint: disable=import-outside-toplevel
   config = row_config(dataset, name, preset)
   wd = Workdir(root / dataset / "rows" / name)
   record_file = wd.root / "recipe_row.json"
   record = json.loads(record_file.read_text()) if record_file.exists() else {}
-  tokenizer, train_records, valid_records = _codec_texts(config, data_dir, codec)
+  tokenizer, train_records, valid_records = codec_texts
   ar_cfg, _, _ = quality.matched_ar_config(config, tokenizer)
   result = quality.train_ar_once(ar_cfg, AR_SEED, wd.root, tokenizer, [r["text"] for r in train_records],
                                  [r["text"] for r in valid_records], steps=int(config.train.num_steps),
@@ -278,6 +274,8 @@ def run_ar_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: di
 def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name: str = "cpu",
         rows: Sequence[str] = DEFAULT_ROWS, steps: int | None = None, draw_size: int | None = None) -> dict[str, Any]:
   """Every row (see the module docstring); returns the report written to `<root>/<dataset>/recipe.json`."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  from ldlg.data import splits  # pylint: disable=import-outside-toplevel
   unknown = [r for r in rows if r not in ROWS]
   if unknown:
     raise ValueError(f"unknown recipe rows {unknown}; rows are {sorted(ROWS)}")
@@ -299,16 +297,19 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
   for stage in ("pretrain_autoencoder", "precompute"):
     if not pipeline.stage_done(stage, base_config, codec, data_dir):
       timings[stage] = _timed_stage(stage, base_config, codec, data_dir)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(codec.autoencoder_dir))
+  train_records = splits.load_texts(base_config, data_dir, codec, base_config.data.train_split)
+  valid_records = splits.load_texts(base_config, data_dir, codec, base_config.data.eval_split)
+  codec_texts = (tokenizer, train_records, valid_records)
   records = {}
   for name in rows:  # A row comes after the row it needs (above), whose record it reads.
     if ROWS[name].ar_capped_by:
-      records[name] = run_ar_row(name, dataset, root, data_dir, preset, codec, records[ROWS[name].ar_capped_by])
+      records[name] = run_ar_row(name, dataset, root, preset, records[ROWS[name].ar_capped_by], codec_texts)
     else:
       records[name] = run_row(name, dataset, root, data_dir, preset, codec,
                               trained=records.get(ROWS[name].sampled_from))
 
   # The judge last: only the scoring needs it (a second process running other rows finds it made).
-  tokenizer, train_records, valid_records = _codec_texts(base_config, data_dir, codec)
   ar_cfg, _, _ = quality.matched_ar_config(base_config, tokenizer)
   judge_dir = root / dataset / "judge"
   judge = quality.train_ar_once(ar_cfg, quality.JUDGE_SEED, judge_dir, tokenizer,
