@@ -37,6 +37,37 @@ def test_diagnostics_on_a_tiny_run(tiny_cli_run, tmp_path):
   assert alone["plots"] == ["decoder_robustness.png"] and alone["codec"]["kind"] == "bart_latents"
   with pytest.raises(ValueError, match="subset of"):
     diagnostics.run_diagnostics(wd.root, parts=["nope"])
+  # The sampler started mid-grid: started at the grid's last point (t = 0, latents all but clean), the run is one
+  # denoiser call without an estimate, so its error is denoiser_by_noise's first-pass x̂0 error at t = 0 (up to
+  # the two parts' different noise draws, of std 0.01 there).
+  samp = diagnostics.run_diagnostics(wd.root, num_examples=6, num_timesteps=3, num_start_points=3,
+                                     parts=["denoiser_by_noise", "sampling_from_noise_level"],
+                                     out_dir=tmp_path / "sampling")
+  rows = samp["sampling_from_noise_level"]
+  assert [r["start_step"] for r in rows] == [0, 4, 9] and config.sample.num_steps == 10
+  assert [r["t"] for r in rows] == [99, 55, 0]  # the grid's timesteps at those steps, noisiest first
+  np.testing.assert_allclose(rows[-1]["latent_mse"], samp["denoiser_by_noise"][0]["x0_mse"], rtol=0.05)
+  assert all(len(r["examples"]) == 3 and 0 <= r["exact_match"] <= 1 and r["norm_ratio"] > 0 for r in rows)
+  assert "judge_perplexity" not in rows[0] and "sampling_from_noise_level.png" in samp["plots"]
+  again = diagnostics.run_diagnostics(wd.root, num_examples=6, num_start_points=3,
+                                      parts=["sampling_from_noise_level"], out_dir=tmp_path / "again")
+  assert again["sampling_from_noise_level"] == rows  # deterministic from the seed
+
+
+def test_sampling_from_noise_level_rejects_what_cannot_start_mid_grid():
+  import jax
+  import ml_collections
+  from ldlg.methods.gaussian.method import GaussianDiffusion
+  config = tiny.get_config()
+  method = GaussianDiffusion.from_config(config)
+  params = method.init_params(jax.random.PRNGKey(0))
+  batch = {"latents": np.zeros((2, 4, config.model.latent_dim), np.float32), "mask": np.ones((2, 4), bool)}
+  call = lambda sample_cfg, starts: diagnostics.sampling_from_noise_level(
+      method, params, None, batch, ["a", "b"], 0.0, 1.0, starts, sample_config=sample_cfg)
+  with pytest.raises(ValueError, match="sampler='ddim'"):
+    call(ml_collections.ConfigDict(dict(config.sample.to_dict(), sampler="dpm_solver_pp_2m")), [0])
+  with pytest.raises(ValueError, match=r"\[0, 10\)"):
+    call(config.sample, [0, 10])
 
 
 def test_class_sensitivity_sees_a_class_pathway_and_reads_zero_when_the_classes_are_one_vector():

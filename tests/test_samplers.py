@@ -39,15 +39,18 @@ def gaussian_oracle(mu, s2):
   return denoise_fn
 
 
-def exact_chain_moments(kind, num_steps, eta, mu, s2):
+def exact_chain_moments(kind, num_steps, eta, mu, s2, start=0, m0=None, v0=None):
   """Mean and variance of the sampler output under the Gaussian oracle, by exact propagation (float64).
 
-  z_T ~ N(0, 1); each step z' = A z + C + σ ε is affine because x̂0 is, and A, C are read off the step
-  function evaluated at z = 0 and z = 1.
+  z_T ~ N(0, 1) (or, from step index `start`, z ~ N(m0, v0)); each step z' = A z + C + σ ε is affine because
+  x̂0 is, and A, C are read off the step function evaluated at z = 0 and z = 1.
   """
   ts = np.round(np.linspace(0, T - 1, num_steps)).astype(int)[::-1]
-  m, v = np.zeros_like(mu), np.ones_like(mu)
+  m = np.zeros_like(mu) if m0 is None else m0
+  v = np.ones_like(mu) if v0 is None else v0
   for i, t in enumerate(ts):
+    if i < start:
+      continue
     ab = AB64[t]
     x0 = lambda z: mu + np.sqrt(ab) * s2 / (ab * s2 + 1 - ab) * (z - np.sqrt(ab) * mu)
     if kind == "ddpm":  # posterior q(z_{t-1} | z_t, x0) (DDPM eq. 6-7)
@@ -89,6 +92,50 @@ def test_gaussian_data_moments(kind, num_steps, eta):
   bias_bound = 0.06 if num_steps >= 250 else 0.25
   np.testing.assert_array_less(np.abs(v_exact / s2 - 1), bias_bound)
   np.testing.assert_array_less(np.abs(m_exact - mu), 0.02)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_starting_mid_grid_from_noised_data(eta):
+  """Started at step k from z = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε (t the grid's k-th timestep, x0 ~ N(μ, σ²)), the
+  output follows the exact chain run from that z's law N(sqrt(ᾱ)μ, ᾱσ² + 1 - ᾱ), which ends near the data."""
+  mu, s2 = np.array([0.5, -1.0]), np.array([0.25, 2.0])
+  num_steps, k = 50, 30
+  t = sampling_timesteps(T, num_steps)[k]
+  ab = AB64[t]
+  rng = np.random.default_rng(0)
+  x0 = mu + np.sqrt(s2) * rng.standard_normal((B, L, 2))
+  z = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * rng.standard_normal((B, L, 2))
+  sample = make_sampler(gaussian_oracle(jnp.asarray(mu, jnp.float32), jnp.asarray(s2, jnp.float32)), SCHEDULE,
+                        num_steps=num_steps, eta=eta)
+  x = np.asarray(sample(None, jax.random.PRNGKey(1), jnp.ones((B, L), bool), None, 2,
+                        z_start=jnp.asarray(z, jnp.float32), start_step=k), np.float64).reshape(-1, 2)
+  n = x.shape[0]
+  m_exact, v_exact = exact_chain_moments("ddim", num_steps, eta, mu, s2, start=k, m0=np.sqrt(ab) * mu,
+                                         v0=ab * s2 + 1 - ab)
+  np.testing.assert_array_less(np.abs(x.mean(0) - m_exact), 5 * np.sqrt(v_exact / n))
+  np.testing.assert_array_less(np.abs(x.var(0, ddof=1) - v_exact), 5 * v_exact * math.sqrt(2 / (n - 1)))
+  np.testing.assert_array_less(np.abs(v_exact / s2 - 1), 0.25)
+  if eta == 0.0:
+    # Deterministic from there, the output is an increasing affine map of z: its correlation with the x0 it
+    # was noised from is z's, sqrt(ᾱσ² / (ᾱσ² + 1 - ᾱ)).
+    corr = np.array([np.corrcoef(x[:, d], x0.reshape(-1, 2)[:, d])[0, 1] for d in range(2)])
+    expected = np.sqrt(ab * s2 / (ab * s2 + 1 - ab))
+    np.testing.assert_array_less(np.abs(corr - expected), 5 * (1 - expected**2) / np.sqrt(n))
+
+
+def test_start_step_self_conditioning_and_bad_arguments():
+  """From step k of S, the first step taken has no estimate: the counting denoiser ends at S - k - 1."""
+  def counter(params, z, t, mask, self_cond, has_self_cond, *unused):
+    return jnp.where(has_self_cond[:, None, None], self_cond + 1.0, 0.0)
+
+  mask = jnp.ones((2, 3), bool)
+  sample = make_sampler(counter, SCHEDULE, num_steps=17, eta=0.0)
+  x = sample(None, jax.random.PRNGKey(0), mask, None, 2, z_start=jnp.ones((2, 3, 2)), start_step=5)
+  np.testing.assert_allclose(x, 17 - 5 - 1)
+  with pytest.raises(ValueError, match="start_step"):
+    sample(None, jax.random.PRNGKey(0), mask, None, 2, start_step=17)
+  with pytest.raises(ValueError, match="z_start"):
+    sample(None, jax.random.PRNGKey(0), mask, None, 2, z_start=jnp.ones((2, 4, 2)), start_step=5)
 
 
 @pytest.mark.parametrize("kind,num_steps,eta", SAMPLERS)

@@ -2,6 +2,7 @@ r"""Where a trained LD4LG run loses quality: the decoder's robustness to latent 
 by noise level.
 
   python -m ldlg.benchmarks.diagnostics --workdir=runs/sst_cpu [--num_examples=128] [--out=<dir>]
+      [--parts=...,sampling_from_noise_level --judge=<causal LM folder>]
 
 Reads the run's saved config (`<workdir>/config.json`), its validation latents (precompute stage), its frozen
 BART and its latest checkpoint (EMA parameters), and writes `<out>/diagnostics.json` (default out = the
@@ -22,6 +23,14 @@ workdir) plus, with matplotlib installed (`pip install .[plots]`), `decoder_robu
   how far the wrong class moves x̂0 (relative squared change). If the wrong class moves nothing, the samples cannot
   follow their class, and no guidance scale can make them (guidance amplifies the conditional-minus-null
   difference).
+- sampling_from_noise_level: for start points k of the run's sampling grid (DDIM/DDPM), validation latents noised
+  to the grid's t_k, then the run's own sampler (steps, η, guidance with each example's true label,
+  self-conditioning) from step k to the end. Per start: the final latents' error against the originals and their
+  norm relative to the originals', exact match and BLEU of their decodings against the sentences, and, with a
+  judge (`--judge`, a causal LM folder such as the recipe's `<dataset>/judge`), the decodings' perplexity. k = 0
+  is an ordinary sample (z_T keeps almost nothing of x0), the last k one step from nearly clean latents: the t at
+  which fluency (judge perplexity) breaks away from the real sentences' says which part of the trajectory loses
+  the quality, and comparing runs (e.g. budgets) says whether training moves that part.
 """
 import functools
 import json
@@ -42,7 +51,9 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian import schedules
 
 NOISE_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-PARTS = ("decoder_robustness", "denoiser_by_noise", "class_sensitivity")
+PARTS = ("decoder_robustness", "denoiser_by_noise", "class_sensitivity", "sampling_from_noise_level")
+# Parts run when --parts is not given: the sampling part is slower (a partial sampler run per start point).
+DEFAULT_PARTS = PARTS[:3]
 
 
 def load_run_config(workdir: Workdir) -> ml_collections.ConfigDict:
@@ -182,6 +193,75 @@ def class_sensitivity(method, params, batch: dict, timesteps: Sequence[int], see
   return rows
 
 
+def _judge_perplexity(judge, texts: Sequence[str]) -> dict[str, float]:
+  """Mean and median per-text perplexity under `judge` over the non-empty texts (as `evaluate_texts` skips them)."""
+  from ldlg.evaluation import perplexity  # pylint: disable=import-outside-toplevel
+  scored = [t for t in texts if t.strip()]
+  if not scored:
+    return {"judge_perplexity": float("nan"), "judge_perplexity_median": float("nan")}
+  ppl = perplexity.perplexities(scored, judge)
+  return {"judge_perplexity": float(np.mean(ppl)), "judge_perplexity_median": float(np.median(ppl))}
+
+
+def sampling_from_noise_level(method, params, codec, batch: dict, texts: Sequence[str], mean: np.ndarray,
+                              std: float, start_steps: Sequence[int], *, sample_config: ml_collections.ConfigDict,
+                              seed: int = 0, judge=None, num_shown: int = 3) -> list[dict[str, Any]]:
+  """The run's sampler started mid-grid from noised validation latents; see the module docstring.
+
+  Args:
+    method: the run's `GaussianDiffusion`.
+    params: its (EMA) parameters.
+    codec: the `BartLatentCodec`.
+    batch: {"latents" [n, L, d] normalized, "mask" [n, L], "label" [n] (class-conditional)}.
+    texts: the n sentences.
+    mean, std: the normalization statistics.
+    start_steps: step indices k in [0, S) of the sampling grid (S = sample_config.num_steps; DDPM: T).
+    sample_config: the run's `config.sample` (sampler "ddim" or "ddpm").
+    seed: noise seed (start point k uses fold_in(seed, k)).
+    judge: a `perplexity.CausalLM`, or None (no perplexity).
+    num_shown: decodings kept per start point (the first ones), to read.
+
+  Returns:
+    One {"start_step", "t", "alpha_bar", "latent_mse", "norm_ratio", "exact_match", "bleu", "examples"
+    [+ "judge_perplexity", "judge_perplexity_median"]} per k, in the order given; latent_mse is the squared error
+    per valid channel against the original latents, norm_ratio the mean token norm over the originals'.
+  """
+  from ldlg.methods.gaussian import samplers  # pylint: disable=import-outside-toplevel
+  kind = sample_config.sampler
+  if kind not in samplers.SAMPLERS:
+    raise ValueError(f"sampling_from_noise_level starts the sampler mid-grid, which the DDIM/DDPM samplers can; "
+                     f"this run samples with {kind!r}: pass a config with sample.sampler='ddim'")
+  T = method.schedule.num_timesteps
+  num_steps = T if kind == "ddpm" else int(sample_config.num_steps)
+  grid = samplers.sampling_timesteps(T, num_steps)
+  bad = [int(k) for k in start_steps if not 0 <= int(k) < num_steps]
+  if bad:
+    raise ValueError(f"start steps must lie in [0, {num_steps}) (the sampling grid), got {bad}")
+  sample = method.make_sampler(sample_config)
+  x0, mask = jnp.asarray(batch["latents"]), jnp.asarray(batch["mask"])
+  valid = mask[..., None]
+  n = x0.shape[0]
+  cond = jnp.asarray(batch["label"], jnp.int32) if method.num_classes > 0 and "label" in batch else None
+  count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
+  token_norm = lambda a: float(jnp.sum(jnp.where(mask, jnp.linalg.norm(a, axis=-1), 0.0)) / jnp.maximum(mask.sum(), 1))
+  rows = []
+  for k in start_steps:
+    k, t = int(k), int(grid[int(k)])
+    k_noise, k_sample = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), k))
+    z = schedules.q_sample(method.schedule, x0, jnp.full((n,), t, jnp.int32), jax.random.normal(k_noise, x0.shape))
+    out = sample(params, k_sample, mask, cond, z_start=jnp.where(valid, z, 0.0), start_step=k)
+    hyps = codec.decode(np.asarray(out) * std + mean, np.asarray(mask))
+    scores = reconstruction.reconstruction_scores(hyps, list(texts))
+    row = {"start_step": k, "t": t, "alpha_bar": float(method.schedule.alphas_cumprod[t]),
+           "latent_mse": float(jnp.sum(jnp.where(valid, jnp.square(out - x0), 0.0)) / count),
+           "norm_ratio": token_norm(out) / max(token_norm(x0), 1e-12),
+           "exact_match": scores["exact_match"], "bleu": scores["bleu"], "examples": hyps[:num_shown]}
+    if judge is not None:
+      row.update(_judge_perplexity(judge, hyps))
+    rows.append(row)
+  return rows
+
+
 def _plot(result: dict, out_dir: pathlib.Path) -> list[str]:
   """PNG plots of the diagnostics that ran; [] when matplotlib is not installed."""
   plt = plots.pyplot()
@@ -217,13 +297,36 @@ def _plot(result: dict, out_dir: pathlib.Path) -> list[str]:
     fig.savefig(out_dir / "denoiser_by_noise.png", dpi=120)
     plt.close(fig)
     written.append("denoiser_by_noise.png")
+  if "sampling_from_noise_level" in result:
+    rows = sorted(result["sampling_from_noise_level"], key=lambda r: r["t"])
+    fig, ax1 = plt.subplots(figsize=(5, 3.5))
+    ts = [r["t"] for r in rows]
+    ax1.plot(ts, [r["exact_match"] for r in rows], "^-", color="tab:green", label="decodes to its sentence")
+    ax1.plot(ts, [r["bleu"] / 100 for r in rows], "s-", color="tab:blue", label="BLEU / 100")
+    ax1.set(xlabel="start timestep t (sampler run from there)", ylabel="score", ylim=(0, 1.05),
+            title="Sampling from noised validation latents")
+    handles = ax1.get_legend_handles_labels()[0]
+    if "judge_perplexity_median" in rows[0]:
+      ax2 = ax1.twinx()
+      ax2.plot(ts, [r["judge_perplexity_median"] for r in rows], "o--", color="tab:red", label="judge ppl (median)")
+      if result.get("reference_judge_perplexity_median"):
+        ax2.axhline(result["reference_judge_perplexity_median"], color="tab:red", lw=0.8, ls=":",
+                    label="judge ppl of the sentences")
+      ax2.set(ylabel="judge perplexity", yscale="log")
+      handles += ax2.get_legend_handles_labels()[0]
+    ax1.legend(handles, [h.get_label() for h in handles], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "sampling_from_noise_level.png", dpi=120)
+    plt.close(fig)
+    written.append("sampling_from_noise_level.png")
   return written
 
 
 def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num_timesteps: int = 10,
                     noise_scales: Sequence[float] = NOISE_SCALES, out_dir: str | pathlib.Path | None = None,
                     seed: int = 0, config: ml_collections.ConfigDict | None = None,
-                    parts: Sequence[str] = PARTS) -> dict[str, Any]:
+                    parts: Sequence[str] = DEFAULT_PARTS, num_start_points: int = 6,
+                    judge: str | None = None) -> dict[str, Any]:
   """The diagnostics on a trained run; writes diagnostics.json (and PNGs) to out_dir (default the workdir).
 
   Args:
@@ -236,6 +339,10 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
     config: the run's config (default: the one saved in the workdir).
     parts: which diagnostics (`PARTS`); the decoder's alone needs no denoiser that reads these latents only
       (e.g. a sequence-to-sequence run, whose denoiser also wants a source).
+    num_start_points: start points of sampling_from_noise_level, evenly spaced step indices of the sampling
+      grid, both ends included.
+    judge: a causal LM folder (or hub name) whose perplexity scores sampling_from_noise_level's decodings and the
+      sentences themselves; None = no perplexity.
 
   Returns:
     {"workdir", "checkpoint_step", "num_examples", "decoder_robustness": [...], "denoiser_by_noise": [...],
@@ -269,6 +376,19 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
                                                     grid, seed)
   if "class_sensitivity" in parts and config.model.num_classes > 0:
     result["class_sensitivity"] = class_sensitivity(sampler.method, params, batch, grid, seed)
+  if "sampling_from_noise_level" in parts:
+    lm = None
+    if judge:
+      from ldlg.evaluation import perplexity  # pylint: disable=import-outside-toplevel
+      lm = perplexity.load_causal_lm(judge)
+      ref = _judge_perplexity(lm, texts)
+      result.update(judge=judge, reference_judge_perplexity=ref["judge_perplexity"],
+                    reference_judge_perplexity_median=ref["judge_perplexity_median"])
+    num_steps = T if config.sample.sampler == "ddpm" else int(config.sample.num_steps)
+    starts = np.unique(np.round(np.linspace(0, num_steps - 1, num_start_points)).astype(int))
+    result["sampling_from_noise_level"] = sampling_from_noise_level(
+        sampler.method, params, sampler.codec, batch, texts, mean, std, starts, sample_config=config.sample,
+        seed=seed, judge=lm)
   out = pathlib.Path(out_dir) if out_dir else wd.root
   out.mkdir(parents=True, exist_ok=True)
   result["plots"] = _plot(result, out)
@@ -287,14 +407,18 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_timesteps", 10, "Points of the timestep grid.")
   flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
-  flags.DEFINE_list("parts", list(PARTS), f"Which diagnostics, from {PARTS}.")
+  flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"Which diagnostics, from {PARTS}.")
+  flags.DEFINE_integer("num_start_points", 6, "Start points of sampling_from_noise_level on the sampling grid.")
+  flags.DEFINE_string("judge", None, "Causal LM folder scoring sampling_from_noise_level's decodings by perplexity "
+                      "(e.g. <recipe workdir>/<dataset>/judge); default none.")
   flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
   result = run_diagnostics(FLAGS.workdir, num_examples=FLAGS.num_examples, num_timesteps=FLAGS.num_timesteps,
-                           out_dir=FLAGS.out, seed=FLAGS.seed, parts=FLAGS.parts)
+                           out_dir=FLAGS.out, seed=FLAGS.seed, parts=FLAGS.parts,
+                           num_start_points=FLAGS.num_start_points, judge=FLAGS.judge)
   print(json.dumps(result, indent=2))
 
 

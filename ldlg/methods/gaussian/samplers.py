@@ -162,6 +162,10 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
         whole batch would (see noise.batch_normal); defaults: the call is the whole batch;
       noise_length: (static) the model's full length when mask is cut to a shorter length bucket: noise is
         drawn at that length and cut, so a row samples the same at any bucket width; None = mask's width;
+      z_start, start_step: (start_step static) begin at step index start_step in [0, S) of the sampling grid
+        from the given z_start [B, L, D] (a latent at noise level t = the grid's start_step-th timestep, e.g.
+        `schedules.q_sample` of data) instead of from pure noise; the first step taken gets no self-conditioning
+        estimate, and trajectory steps before start_step stay zero. Default (None, 0): pure noise, every step;
       x0: [B, L, D] float32 samples, 0 at padded positions;
       trajectory: [K, B, L, D] x̂0 at the requested steps, in the order given.
   """
@@ -193,18 +197,28 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
       x0 = jnp.clip(x0, -clip_x0, clip_x0)
     return jnp.where(mask[..., None], x0, 0.0)
 
-  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch", "noise_length"))
-  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None, noise_length=None):
+  @functools.partial(jax.jit, static_argnames=("latent_dim", "global_batch", "noise_length", "start_step"))
+  def sample(params, rng, mask, cond=None, latent_dim=None, example_offset=0, global_batch=None, noise_length=None,
+             z_start=None, start_step=0):
     cond = check_sample_args(mask, cond, latent_dim, global_batch)
     shape = mask.shape + (latent_dim,)
+    if not 0 <= start_step < num_steps:
+      raise ValueError(f"start_step must be a step index in [0, num_steps={num_steps}), got {start_step}")
+    if z_start is not None and z_start.shape != shape:
+      raise ValueError(f"z_start must have the samples' shape {shape} (mask's [B, L] + latent_dim), got "
+                       f"{z_start.shape}")
     valid = mask[..., None]
     k_init, k_steps, k_net = jax.random.split(rng, 3)
-    z = jnp.where(valid, batch_normal(k_init, shape, example_offset, global_batch, full_length=noise_length), 0.0)
+    if z_start is None:
+      z = batch_normal(k_init, shape, example_offset, global_batch, full_length=noise_length)
+    else:
+      z = jnp.asarray(z_start, jnp.float32)
+    z = jnp.where(valid, z, 0.0)
     traj = jnp.zeros((len(traj_steps),) + shape, jnp.float32)
 
     def step(carry, x):
       z, estimate, traj = carry
-      x0 = x0_estimate(params, z, x["t"], mask, estimate, x["step"] > 0, cond, x["alpha_bar"],
+      x0 = x0_estimate(params, z, x["t"], mask, estimate, x["step"] > start_step, cond, x["alpha_bar"],
                        jax.random.fold_in(k_net, x["step"]))
       noise = jnp.where(valid, batch_normal(jax.random.fold_in(k_steps, x["step"]), shape, example_offset,
                                             global_batch, full_length=noise_length), 0.0)
@@ -214,7 +228,8 @@ def make_sampler(denoise_fn: DenoiseFn, schedule: Schedule, *, kind: str = "ddim
         traj = jnp.where(hit[:, None, None, None], x0[None], traj)
       return (z, x0, traj), None
 
-    (z, _, traj), _ = jax.lax.scan(step, (z, jnp.zeros(shape, jnp.float32), traj), xs)
+    steps_taken = jax.tree.map(lambda a: a[start_step:], xs)
+    (z, _, traj), _ = jax.lax.scan(step, (z, jnp.zeros(shape, jnp.float32), traj), steps_taken)
     z = jnp.where(valid, z, 0.0)
     return (z, traj) if traj_steps.size else z
 
