@@ -52,6 +52,13 @@ def test_diagnostics_on_a_tiny_run(tiny_cli_run, tmp_path):
   again = diagnostics.run_diagnostics(wd.root, num_examples=6, num_start_points=3,
                                       parts=["sampling_from_noise_level"], out_dir=tmp_path / "again")
   assert again["sampling_from_noise_level"] == rows  # deterministic from the seed
+  # Another sampler setting on the same checkpoint, at chosen start points; only sample.* may change.
+  eta0 = diagnostics.run_diagnostics(wd.root, num_examples=6, parts=["sampling_from_noise_level"], start_steps=[4],
+                                     sample_overrides="sample.eta=0.0", out_dir=tmp_path / "eta0")
+  (row,) = eta0["sampling_from_noise_level"]
+  assert eta0["sample"]["eta"] == 0.0 and row["start_step"] == 4 and row["latent_mse"] != rows[1]["latent_mse"]
+  with pytest.raises(ValueError, match=r"sample\.\* only"):
+    diagnostics.run_diagnostics(wd.root, parts=["sampling_from_noise_level"], sample_overrides="model.dim=8")
 
 
 def test_sampling_from_noise_level_rejects_what_cannot_start_mid_grid():

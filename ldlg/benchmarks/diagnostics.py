@@ -326,7 +326,8 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
                     noise_scales: Sequence[float] = NOISE_SCALES, out_dir: str | pathlib.Path | None = None,
                     seed: int = 0, config: ml_collections.ConfigDict | None = None,
                     parts: Sequence[str] = DEFAULT_PARTS, num_start_points: int = 6,
-                    judge: str | None = None) -> dict[str, Any]:
+                    start_steps: Sequence[int] = (), judge: str | None = None,
+                    sample_overrides: str = "") -> dict[str, Any]:
   """The diagnostics on a trained run; writes diagnostics.json (and PNGs) to out_dir (default the workdir).
 
   Args:
@@ -341,6 +342,10 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
       (e.g. a sequence-to-sequence run, whose denoiser also wants a source).
     num_start_points: start points of sampling_from_noise_level, evenly spaced step indices of the sampling
       grid, both ends included.
+    start_steps: the start points as step indices of the sampling grid instead (non-empty overrides
+      num_start_points).
+    sample_overrides: "sample.eta=0.0,sample.guidance_scale=1.0"-style changes to the run's `config.sample` (only
+      `sample.*`: the checkpoint fixes the rest), e.g. to test another sampler setting on the same model.
     judge: a causal LM folder (or hub name) whose perplexity scores sampling_from_noise_level's decodings and the
       sentences themselves; None = no perplexity.
 
@@ -354,6 +359,13 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
     raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {list(parts)}")
   wd = Workdir(pathlib.Path(workdir).absolute())
   config = config or load_run_config(wd)
+  if sample_overrides:
+    from ldlg.benchmarks import ab  # pylint: disable=import-outside-toplevel
+    fields = [item.partition("=")[0].strip() for item in sample_overrides.split(",") if item.strip()]
+    outside = [f for f in fields if not f.startswith("sample.")]
+    if outside:
+      raise ValueError(f"sample_overrides may change sample.* only (the checkpoint fixes the rest), got {outside}")
+    config = ab.apply_overrides(config, sample_overrides)
   meta = read_sampling_meta(wd)
   sampler = TextSampler.from_meta(config, wd, meta)
   params = sampler.load_params()
@@ -368,6 +380,7 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
   result = {
       "workdir": str(wd.root), "num_examples": int(len(indices)),
       "checkpoint_step": int(meta.get("data_position", -1)), "codec": sampler.codec.identity(),
+      "sample": config.sample.to_dict(),
   }
   if "decoder_robustness" in parts:
     result["decoder_robustness"] = decoder_robustness(sampler.codec, batch, texts, mean, std, noise_scales, seed)
@@ -385,7 +398,8 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
       result.update(judge=judge, reference_judge_perplexity=ref["judge_perplexity"],
                     reference_judge_perplexity_median=ref["judge_perplexity_median"])
     num_steps = T if config.sample.sampler == "ddpm" else int(config.sample.num_steps)
-    starts = np.unique(np.round(np.linspace(0, num_steps - 1, num_start_points)).astype(int))
+    starts = (np.asarray(start_steps, int) if len(start_steps) else
+              np.unique(np.round(np.linspace(0, num_steps - 1, num_start_points)).astype(int)))
     result["sampling_from_noise_level"] = sampling_from_noise_level(
         sampler.method, params, sampler.codec, batch, texts, mean, std, starts, sample_config=config.sample,
         seed=seed, judge=lm)
@@ -409,6 +423,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Noise seed.")
   flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"Which diagnostics, from {PARTS}.")
   flags.DEFINE_integer("num_start_points", 6, "Start points of sampling_from_noise_level on the sampling grid.")
+  flags.DEFINE_list("start_steps", [], "Start points of sampling_from_noise_level as step indices of the sampling "
+                    "grid (instead of --num_start_points).")
+  flags.DEFINE_string("sample_overrides", "", "Changes to the run's sample.* settings, e.g. "
+                      "'sample.eta=0.0,sample.guidance_scale=1.0'.")
   flags.DEFINE_string("judge", None, "Causal LM folder scoring sampling_from_noise_level's decodings by perplexity "
                       "(e.g. <recipe workdir>/<dataset>/judge); default none.")
   flags.mark_flag_as_required("workdir")
@@ -418,7 +436,8 @@ def main(argv):
   del argv
   result = run_diagnostics(FLAGS.workdir, num_examples=FLAGS.num_examples, num_timesteps=FLAGS.num_timesteps,
                            out_dir=FLAGS.out, seed=FLAGS.seed, parts=FLAGS.parts,
-                           num_start_points=FLAGS.num_start_points, judge=FLAGS.judge)
+                           num_start_points=FLAGS.num_start_points, start_steps=[int(k) for k in FLAGS.start_steps],
+                           judge=FLAGS.judge, sample_overrides=FLAGS.sample_overrides)
   print(json.dumps(result, indent=2))
 
 
