@@ -93,6 +93,12 @@ def decoder_robustness(codec, batch: dict, texts: Sequence[str], mean: np.ndarra
   return rows
 
 
+def _masked_mse(a, x0, mask) -> float:
+  """Squared error of a [n, L, d] against x0 per valid channel (mask [n, L])."""
+  count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
+  return float(jnp.sum(jnp.where(mask[..., None], jnp.square(a - x0), 0.0)) / count)
+
+
 def _noised_x0_estimator(method, params, x0, mask, t, rng):
   """z_t of x0 [n, L, d] at step t (padding zeroed) and x̂0(self_cond, has_self_cond, class_id) on it: the one
   denoiser call the diagnostics make, in x0 units whatever the run's objective."""
@@ -131,9 +137,7 @@ def denoiser_by_noise(method, params, codec, batch: dict, texts: Sequence[str], 
   mask = jnp.asarray(batch["mask"])
   n = x0.shape[0]
   class_id = jnp.asarray(batch["label"], jnp.int32) if method.num_classes > 0 and "label" in batch else None
-  valid = mask[..., None]
-  count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
-  mse = lambda a: float(jnp.sum(jnp.where(valid, jnp.square(a - x0), 0.0)) / count)
+  mse = lambda a: _masked_mse(a, x0, mask)
 
   @jax.jit
   def estimates(params, t, rng):
@@ -232,7 +236,7 @@ def sampling_from_noise_level(method, params, codec, batch: dict, texts: Sequenc
     raise ValueError(f"sampling_from_noise_level starts the sampler mid-grid, which the DDIM/DDPM samplers can; "
                      f"this run samples with {kind!r}: pass a config with sample.sampler='ddim'")
   T = method.schedule.num_timesteps
-  num_steps = T if kind == "ddpm" else int(sample_config.num_steps)
+  num_steps = samplers.grid_size(T, sample_config)
   grid = samplers.sampling_timesteps(T, num_steps)
   bad = [int(k) for k in start_steps if not 0 <= int(k) < num_steps]
   if bad:
@@ -242,7 +246,6 @@ def sampling_from_noise_level(method, params, codec, batch: dict, texts: Sequenc
   valid = mask[..., None]
   n = x0.shape[0]
   cond = jnp.asarray(batch["label"], jnp.int32) if method.num_classes > 0 and "label" in batch else None
-  count = jnp.maximum(mask.sum(), 1) * x0.shape[-1]
   token_norm = lambda a: float(jnp.sum(jnp.where(mask, jnp.linalg.norm(a, axis=-1), 0.0)) / jnp.maximum(mask.sum(), 1))
   rows = []
   for k in start_steps:
@@ -253,7 +256,7 @@ def sampling_from_noise_level(method, params, codec, batch: dict, texts: Sequenc
     hyps = codec.decode(np.asarray(out) * std + mean, np.asarray(mask))
     scores = reconstruction.reconstruction_scores(hyps, list(texts))
     row = {"start_step": k, "t": t, "alpha_bar": float(method.schedule.alphas_cumprod[t]),
-           "latent_mse": float(jnp.sum(jnp.where(valid, jnp.square(out - x0), 0.0)) / count),
+           "latent_mse": _masked_mse(out, x0, mask),
            "norm_ratio": token_norm(out) / max(token_norm(x0), 1e-12),
            "exact_match": scores["exact_match"], "bleu": scores["bleu"], "examples": hyps[:num_shown]}
     if judge is not None:
@@ -397,7 +400,8 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
       ref = _judge_perplexity(lm, texts)
       result.update(judge=judge, reference_judge_perplexity=ref["judge_perplexity"],
                     reference_judge_perplexity_median=ref["judge_perplexity_median"])
-    num_steps = T if config.sample.sampler == "ddpm" else int(config.sample.num_steps)
+    from ldlg.methods.gaussian import samplers  # pylint: disable=import-outside-toplevel
+    num_steps = samplers.grid_size(T, config.sample)
     starts = (np.asarray(start_steps, int) if len(start_steps) else
               np.unique(np.round(np.linspace(0, num_steps - 1, num_start_points)).astype(int)))
     result["sampling_from_noise_level"] = sampling_from_noise_level(

@@ -81,6 +81,11 @@ def sampling_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
   return steps[::-1].copy()
 
 
+def grid_size(num_timesteps: int, sample_cfg: Any) -> int:
+  """S, the number of steps of a DDIM/DDPM sampling grid: T for "ddpm" (it runs every step), else num_steps."""
+  return num_timesteps if sample_cfg.sampler == "ddpm" else int(sample_cfg.num_steps)
+
+
 def _alphas_cumprod_f64(schedule: Schedule) -> np.ndarray:
   """ᾱ recomputed in float64 from the stored β, so 1 - ᾱ near t = 0 keeps its precision."""
   return np.cumprod(1.0 - np.asarray(schedule.betas, dtype=np.float64))
@@ -278,7 +283,7 @@ def sampler_from_config(denoise_fn: DenoiseFn, schedule: Schedule, sample_cfg: A
         snr=float(get("corrector_snr", 0.16)),
         num_corrector_steps=int(get("corrector_steps", 1)), rtol=float(get("ode_rtol", 1e-5)),
         atol=float(get("ode_atol", 1e-5)), with_nfe=with_nfe)
-  num_steps = schedule.num_timesteps if kind == "ddpm" else int(sample_cfg.num_steps)
+  num_steps = grid_size(schedule.num_timesteps, sample_cfg)
   sample = make_sampler(
       denoise_fn, schedule, kind=kind, num_steps=num_steps, eta=float(getattr(sample_cfg, "eta", 1.0)),
       guidance_scale=float(getattr(sample_cfg, "guidance_scale", 1.0)),

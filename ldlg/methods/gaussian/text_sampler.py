@@ -25,6 +25,7 @@ from ldlg.data import batching
 from ldlg.engine import checkpoints
 from ldlg.engine import sample_runner
 from ldlg.engine.workdir import Workdir
+from ldlg.methods.gaussian import samplers
 from ldlg.methods.gaussian.method import GaussianDiffusion
 
 
@@ -185,7 +186,7 @@ class TextSampler:
        returned sample, "tokens_changed": [K - 1][num_samples] tokens that differ between consecutive recorded
        steps (position by position, padded with a blank)}.
     """
-    n = self.config.sample.num_steps if self.config.sample.sampler == "ddim" else self.method.schedule.num_timesteps
+    n = samplers.grid_size(self.method.schedule.num_timesteps, self.config.sample)
     steps = sorted(set(int(s) for s in (at_steps if at_steps is not None else
                                         np.linspace(0, n - 1, 9).round().astype(int))))
     sample_fn = self.method.make_sampler(self.config.sample, return_trajectory_at=steps)
