@@ -59,6 +59,52 @@ def test_diagnostics_on_a_tiny_run(tiny_cli_run, tmp_path):
   assert eta0["sample"]["eta"] == 0.0 and row["start_step"] == 4 and row["latent_mse"] != rows[1]["latent_mse"]
   with pytest.raises(ValueError, match=r"sample\.\* only"):
     diagnostics.run_diagnostics(wd.root, parts=["sampling_from_noise_level"], sample_overrides="model.dim=8")
+  # Samples and validation latents against the re-encodings of their decodings (numbers: the closed-form test).
+  reenc = diagnostics.run_diagnostics(wd.root, num_examples=6, parts=["sample_reencoding"],
+                                      out_dir=tmp_path / "reenc")["sample_reencoding"]
+  assert set(reenc) == {"validation", "samples"} and len(reenc["samples"]["examples"]) == 3
+  for part in reenc.values():
+    assert 0 <= part["share_same_length"] <= 1 and part["token_norm"] > 0
+
+
+class _RoundingCodec:
+  """A codec whose text is each token's latent rounded to one decimal (d = 1) and which drops the last token of
+  the texts in `short`: a round trip then moves a latent by its rounding error, in closed form."""
+
+  def __init__(self, short=()):
+    self.short = set(short)
+
+  def decode(self, latents, mask):
+    texts = []
+    for i, (row, m) in enumerate(zip(latents, mask)):
+      values = [f"{v:.1f}" for v in row[m, 0]]
+      texts.append(" ".join(values[:-1] if i in self.short else values))
+    return texts
+
+  def encode(self, texts):
+    width = max(len(t.split()) for t in texts)
+    latents, mask = np.zeros((len(texts), width, 1), np.float32), np.zeros((len(texts), width), bool)
+    for i, t in enumerate(texts):
+      values = [float(w) for w in t.split()]
+      latents[i, :len(values), 0], mask[i, :len(values)] = values, True
+    return latents, mask
+
+
+def test_reencoding_distance_is_the_round_trip_s_error_over_same_length_texts():
+  rng = np.random.default_rng(0)
+  latents = rng.uniform(-2, 2, (6, 5, 1)).astype(np.float32)
+  mask = np.arange(5)[None, :] < np.array([5, 4, 3, 5, 2, 4])[:, None]
+  latents[~mask] = 0.0
+  texts, got = diagnostics._reencoding_distance(_RoundingCodec(short={1, 4}), latents, mask, 0.0, 1.0)
+  assert texts[0].count(" ") == 4 and got["share_same_length"] == pytest.approx(4 / 6)
+  kept = [0, 2, 3, 5]
+  errors = [np.mean(np.square(latents[i, mask[i], 0] - np.round(latents[i, mask[i], 0], 1))) for i in kept]
+  np.testing.assert_allclose(got["reencoding_mse"], np.mean(errors), rtol=1e-5)
+  np.testing.assert_allclose(got["reencoding_mse_median"], np.median(errors), rtol=1e-5)
+  np.testing.assert_allclose(got["token_norm"], np.abs(latents[mask, 0]).mean(), rtol=1e-6)
+  # Normalization: the codec sees un-normalized latents, the distance is in normalized units.
+  _, scaled = diagnostics._reencoding_distance(_RoundingCodec(), latents / 10, mask, 0.0, 10.0)
+  assert scaled["share_same_length"] == 1.0 and scaled["reencoding_mse"] < got["reencoding_mse"] / 50
 
 
 def test_sampling_from_noise_level_rejects_what_cannot_start_mid_grid():

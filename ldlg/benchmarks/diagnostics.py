@@ -31,6 +31,15 @@ workdir) plus, with matplotlib installed (`pip install .[plots]`), `decoder_robu
   is an ordinary sample (z_T keeps almost nothing of x0), the last k one step from nearly clean latents: the t at
   which fluency (judge perplexity) breaks away from the real sentences' says which part of the trajectory loses
   the quality, and comparing runs (e.g. budgets) says whether training moves that part.
+- sample_reencoding: does a sample decode to broken text because it lands where the decoder fails, or because it
+  is the latent of broken text? Ordinary samples (the run's sampler from pure noise, with the validation
+  sentences' lengths and labels) are decoded, the decodings encoded again, and the distance between the sample
+  and that re-encoding (squared error per valid channel, normalized units; over the samples whose decoding
+  re-encodes to the same length) is set beside the same round trip of the validation latents themselves. The
+  decoder-robustness curve reads it: noise of std σ puts a latent σ² away. A sample about as close to its
+  re-encoding as a real latent is a faithful code of its text, and a more robust decoder cannot help it; one much
+  further away is off the encoder's manifold, where training the decoder on noised latents (the later version's
+  remedy) could.
 """
 import functools
 import json
@@ -51,8 +60,9 @@ from ldlg.engine.workdir import Workdir
 from ldlg.methods.gaussian import schedules
 
 NOISE_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-PARTS = ("decoder_robustness", "denoiser_by_noise", "class_sensitivity", "sampling_from_noise_level")
-# Parts run when --parts is not given: the sampling part is slower (a partial sampler run per start point).
+PARTS = ("decoder_robustness", "denoiser_by_noise", "class_sensitivity", "sampling_from_noise_level",
+         "sample_reencoding")
+# Parts run when --parts is not given: the sampling parts are slower (sampler runs, and a judge for perplexity).
 DEFAULT_PARTS = PARTS[:3]
 
 
@@ -265,6 +275,60 @@ def sampling_from_noise_level(method, params, codec, batch: dict, texts: Sequenc
   return rows
 
 
+def _reencoding_distance(codec, latents, mask, mean, std) -> tuple[list[str], dict[str, float]]:
+  """Decodes normalized latents [n, L, d] (mask [n, L]), re-encodes the texts and measures how far each latent lies
+  from its re-encoding; returns the texts and {"share_same_length", "reencoding_mse", "reencoding_mse_median",
+  "token_norm"} (the MSEs over the same-length ones; NaN if none)."""
+  latents, mask = np.asarray(latents, np.float32), np.asarray(mask, bool)
+  texts = codec.decode(latents * std + mean, mask)
+  again, again_mask = codec.encode(texts)
+  again = (np.asarray(again, np.float32) - mean) / std
+  lengths, again_lengths = mask.sum(1), np.asarray(again_mask, bool).sum(1)
+  errors = []
+  for i in np.flatnonzero(lengths == again_lengths):
+    n = int(lengths[i])
+    errors.append(float(np.mean(np.square(latents[i, :n] - again[i, :n]))))
+  norms = np.linalg.norm(latents, axis=-1)[mask]
+  return texts, {"share_same_length": float(np.mean(lengths == again_lengths)),
+                 "reencoding_mse": float(np.mean(errors)) if errors else float("nan"),
+                 "reencoding_mse_median": float(np.median(errors)) if errors else float("nan"),
+                 "token_norm": float(np.mean(norms))}
+
+
+def sample_reencoding(method, params, codec, batch: dict, mean: np.ndarray, std: float, *,
+                      sample_config: ml_collections.ConfigDict, seed: int = 0, judge=None,
+                      num_shown: int = 3) -> dict[str, Any]:
+  """How far samples and validation latents lie from the re-encodings of their decodings; see the module docstring.
+
+  Args:
+    method, params: the run's `GaussianDiffusion` and its (EMA) parameters.
+    codec: the `BartLatentCodec`.
+    batch: {"latents" [n, L, d] normalized, "mask" [n, L], "label" [n] (class-conditional)}: the validation
+      latents, whose masks (lengths) and labels the n samples take.
+    mean, std: the normalization statistics.
+    sample_config: the run's `config.sample`.
+    seed: sampling seed.
+    judge: a `perplexity.CausalLM` scoring both sets' decodings, or None.
+    num_shown: sample decodings kept, to read.
+
+  Returns:
+    {"validation": {...}, "samples": {...}}, each `_reencoding_distance`'s scores (+ "judge_perplexity",
+    "judge_perplexity_median" with a judge); "samples" also holds "examples".
+  """
+  x0, mask = jnp.asarray(batch["latents"]), jnp.asarray(batch["mask"])
+  cond = jnp.asarray(batch["label"], jnp.int32) if method.num_classes > 0 and "label" in batch else None
+  out = method.make_sampler(sample_config)(params, jax.random.PRNGKey(seed), mask, cond)
+  result = {}
+  for name, latents in (("validation", x0), ("samples", out)):
+    texts, scores = _reencoding_distance(codec, latents, mask, mean, std)
+    if judge is not None:
+      scores.update(_judge_perplexity(judge, texts))
+    if name == "samples":
+      scores["examples"] = texts[:num_shown]
+    result[name] = scores
+  return result
+
+
 def _plot(result: dict, out_dir: pathlib.Path) -> list[str]:
   """PNG plots of the diagnostics that ran; [] when matplotlib is not installed."""
   plt = plots.pyplot()
@@ -392,14 +456,14 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
                                                     grid, seed)
   if "class_sensitivity" in parts and config.model.num_classes > 0:
     result["class_sensitivity"] = class_sensitivity(sampler.method, params, batch, grid, seed)
+  lm = None
+  if judge and {"sampling_from_noise_level", "sample_reencoding"} & set(parts):
+    from ldlg.evaluation import perplexity  # pylint: disable=import-outside-toplevel
+    lm = perplexity.load_causal_lm(judge)
+    ref = _judge_perplexity(lm, texts)
+    result.update(judge=judge, reference_judge_perplexity=ref["judge_perplexity"],
+                  reference_judge_perplexity_median=ref["judge_perplexity_median"])
   if "sampling_from_noise_level" in parts:
-    lm = None
-    if judge:
-      from ldlg.evaluation import perplexity  # pylint: disable=import-outside-toplevel
-      lm = perplexity.load_causal_lm(judge)
-      ref = _judge_perplexity(lm, texts)
-      result.update(judge=judge, reference_judge_perplexity=ref["judge_perplexity"],
-                    reference_judge_perplexity_median=ref["judge_perplexity_median"])
     from ldlg.methods.gaussian import samplers  # pylint: disable=import-outside-toplevel
     num_steps = samplers.grid_size(T, config.sample)
     starts = (np.asarray(start_steps, int) if len(start_steps) else
@@ -407,6 +471,9 @@ def run_diagnostics(workdir: str | pathlib.Path, *, num_examples: int = 128, num
     result["sampling_from_noise_level"] = sampling_from_noise_level(
         sampler.method, params, sampler.codec, batch, texts, mean, std, starts, sample_config=config.sample,
         seed=seed, judge=lm)
+  if "sample_reencoding" in parts:
+    result["sample_reencoding"] = sample_reencoding(sampler.method, params, sampler.codec, batch, mean, std,
+                                                    sample_config=config.sample, seed=seed, judge=lm)
   out = pathlib.Path(out_dir) if out_dir else wd.root
   out.mkdir(parents=True, exist_ok=True)
   result["plots"] = _plot(result, out)
@@ -431,7 +498,7 @@ def _define_flags() -> None:
                     "grid (instead of --num_start_points).")
   flags.DEFINE_string("sample_overrides", "", "Changes to the run's sample.* settings, e.g. "
                       "'sample.eta=0.0,sample.guidance_scale=1.0'.")
-  flags.DEFINE_string("judge", None, "Causal LM folder scoring sampling_from_noise_level's decodings by perplexity "
+  flags.DEFINE_string("judge", None, "Causal LM folder scoring the sampling parts' decodings by perplexity "
                       "(e.g. <recipe workdir>/<dataset>/judge); default none.")
   flags.mark_flag_as_required("workdir")
 
