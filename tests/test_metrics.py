@@ -329,6 +329,25 @@ def test_evaluate_draws_with_precomputed_reference_features_and_grams_is_the_sam
     evaluate.evaluate_draws(samples, reference, train, featurizer=bow, reference_features=bow(reference[:29]))
 
 
+def test_perplexity_over_draws_is_evaluate_draws_perplexity_and_its_median_resists_outliers(tiny_gpt2):
+  """The judge alone (the recipe's back-fill of the median) gives evaluate_draws' own perplexity entries."""
+  _, model, tokenizer = tiny_gpt2
+  lm = ppl_lib.causal_lm_from_hf(model, tokenizer, "tiny")
+  bow = BagOfWords(WORDS)
+  rng = np.random.default_rng(2)
+  samples = [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(12)] + [""]
+  reference = [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(13)]
+  full = evaluate.evaluate_draws(samples, reference, ["the cat sat"], featurizer=bow, num_draws=2, ppl_model=lm)
+  alone = evaluate.perplexity_over_draws(samples, lm, num_draws=2)
+  assert alone == {k: full[k] for k in ("perplexity", "perplexity_median")}
+  assert alone["perplexity_median"]["model"] == "tiny" and len(alone["perplexity_median"]["values"]) == 2
+  # Each draw's median is one of its middle texts' perplexities; the empty text is skipped, not scored.
+  for idx, med, mean in zip(np.array_split(np.arange(13), 2), alone["perplexity_median"]["values"],
+                            alone["perplexity"]["values"]):
+    ppl = np.sort(ppl_lib.perplexities([samples[i] for i in idx if samples[i]], lm))
+    assert ppl[(len(ppl) - 1) // 2] <= med <= ppl[len(ppl) // 2] and mean == pytest.approx(ppl.mean())
+
+
 def test_shuffle_words_keeps_the_multiset():
   texts = ["the cat sat on the mat", "a b c d e f g"]
   shuffled = evaluate.shuffle_words(texts, seed=1)

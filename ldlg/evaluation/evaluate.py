@@ -192,8 +192,8 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
   Draw i compares its samples with an equally large draw of the reference.
 
   Returns:
-    {"mauve", "diversity", "memorization", "unique_tokens", "perplexity" (if ppl_model),
-     "class_accuracy" (if sample_labels): each {"mean", "std", "values"}; plus "featurizer",
+    {"mauve", "diversity", "memorization", "unique_tokens", "perplexity" and "perplexity_median" (per-draw mean
+     and median of the per-text perplexities; if ppl_model), "class_accuracy" (if sample_labels): each {"mean", "std", "values"}; plus "featurizer",
      "num_draws", "draw_size", "num_samples", "num_empty_samples"}.
   """
   samples = list(samples)
@@ -209,7 +209,7 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
   grams = train_texts if isinstance(train_texts, frozenset) else ngram_metrics.training_ngrams(train_texts)
   per: dict[str, list[float]] = {k: [] for k in ("mauve", "diversity", "memorization", "unique_tokens")}
   if ppl_model is not None:
-    per["perplexity"] = []
+    per["perplexity"], per["perplexity_median"] = [], []
   if sample_labels is not None:
     per["class_accuracy"] = []
   for i, idx in enumerate(draws):
@@ -220,9 +220,9 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
     per["memorization"].append(ngram_metrics.memorization(texts, grams))
     per["unique_tokens"].append(ngram_metrics.unique_tokens(texts))
     if ppl_model is not None:
-      scored = [t for t in texts if ppl_model.encode(t)]
-      per["perplexity"].append(float(np.mean(perplexity_lib.perplexities(scored, ppl_model)))
-                               if scored else math.nan)
+      mean, median = _draw_perplexity(texts, ppl_model)
+      per["perplexity"].append(mean)
+      per["perplexity_median"].append(median)
     if sample_labels is not None:
       per["class_accuracy"].append(classifier.accuracy(texts, [sample_labels[j] for j in idx]))
     logging.info("Draw %d/%d: %s", i + 1, num_draws, ", ".join(f"{k} {v[-1]:.4g}" for k, v in per.items()))
@@ -230,5 +230,25 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
   out.update(featurizer=featurizer.name, num_draws=num_draws, draw_size=int(len(draws[0])),
              num_samples=len(samples), num_empty_samples=sum(not t.strip() for t in samples))
   if ppl_model is not None:
-    out["perplexity"]["model"] = ppl_model.name
+    out["perplexity"]["model"] = out["perplexity_median"]["model"] = ppl_model.name
   return out
+
+
+def _draw_perplexity(texts: Sequence[str], ppl_model: perplexity_lib.CausalLM) -> tuple[float, float]:
+  """Mean and median per-text perplexity of one draw's non-empty texts (NaN, NaN if none). The mean is the
+  papers' number; a few unreadable texts of perplexity 10^4 move it by hundreds, the median not."""
+  scored = [t for t in texts if ppl_model.encode(t)]
+  if not scored:
+    return math.nan, math.nan
+  ppl = perplexity_lib.perplexities(scored, ppl_model)
+  return float(np.mean(ppl)), float(np.median(ppl))
+
+
+def perplexity_over_draws(samples: Sequence[str], ppl_model: perplexity_lib.CausalLM,
+                          num_draws: int) -> dict[str, Any]:
+  """`evaluate_draws`' "perplexity" and "perplexity_median" alone, on the same draws: for rows scored before the
+  median was kept."""
+  per = [_draw_perplexity([samples[j] for j in idx], ppl_model)
+         for idx in np.array_split(np.arange(len(samples)), num_draws)]
+  return {name: dict(_mean_std([p[i] for p in per]), model=ppl_model.name)
+          for i, name in enumerate(("perplexity", "perplexity_median"))}
