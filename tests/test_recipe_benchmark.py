@@ -103,6 +103,7 @@ def test_rows_link_the_shared_codec_only_when_they_agree_with_it(tmp_path):
 def _scores(mauve, ppl, acc):
   return {"mauve": {"mean": sum(mauve) / len(mauve), "std": 0.01, "values": mauve},
           "perplexity": {"mean": sum(ppl) / len(ppl), "std": 1.0, "values": ppl},
+          "perplexity_median": {"mean": sum(ppl) / len(ppl) - 100, "std": 2.0, "values": [p - 100 for p in ppl]},
           "class_accuracy": {"mean": sum(acc) / len(acc), "std": 0.01, "values": acc}}
 
 
@@ -120,7 +121,7 @@ def test_the_table_compares_every_row_with_the_baseline():
             "judge": {"max_steps": 10, "valid_loss": 5.0}, "reconstruction": {"exact_match": 0.9, "bleu": 98.0},
             "classifier_accuracy_on_real_validation": 0.75}
   table = recipe.format_table(report)
-  assert "| class_time_w3 | 0.310 ± 0.010 | 505.0 ± 1.0 |" in table
+  assert "| class_time_w3 | 0.310 ± 0.010 | 505.0 ± 1.0 | 405.0 ± 2.0 |" in table  # mean, then median
   assert "+0.1 (p " in table and "(same model)" in table and "0.750" in table
 
 

@@ -323,14 +323,20 @@ def run(root: str | pathlib.Path, *, data_dir, dataset: str = "sst", preset_name
 
   scorer = None
   for name in rows:
-    if "scores" in records[name]:
+    scores = records[name].get("scores")
+    if scores is not None and "perplexity_median" in scores:
       continue
     if scorer is None:
       scorer = quality.Scorer(train_records, valid_records, judge_dir, num_draws=preset["num_draws"],
                               class_conditional=base_config.model.num_classes > 0)
     wd = Workdir(root / dataset / "rows" / name)
     samples = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
-    records[name]["scores"] = scorer([s["text"] for s in samples], [s.get("class_id") for s in samples])
+    texts = [s["text"] for s in samples]
+    if scores is None:
+      records[name]["scores"] = scorer(texts, [s.get("class_id") for s in samples])
+    else:  # Scored before the median was kept: the judge alone, on the same draws (the mean comes out the same).
+      from ldlg.evaluation import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+      scores.update(evaluate_lib.perplexity_over_draws(texts, scorer.judge, preset["num_draws"]))
     (wd.root / "recipe_row.json").write_text(json.dumps(records[name], indent=2))
   baseline_file = root / dataset / "rows" / BASELINE / "recipe_row.json"
   if BASELINE not in records and baseline_file.exists():  # Run by another invocation: still the reference.
@@ -405,7 +411,7 @@ def format_table(report: dict) -> str:
            f"{rec['bleu']:.1f}; judge: GPT-2, {report['judge']['max_steps']} steps, validation NLL "
            f"{report['judge']['valid_loss'] or float('nan'):.3f} nats/token.",
            ""]
-  header = ("| row | MAUVE | judge ppl | diversity | memorization |" + (" class acc. |" if has_acc else "")
+  header = ("| row | MAUVE | judge ppl | judge ppl (median) | diversity | memorization |" + (" class acc. |" if has_acc else "")
             + " train time | vs " + BASELINE + ": MAUVE / ppl" + (" / class acc." if has_acc else "") + " (Welch p) |")
   lines += [header, "|" + "---|" * (header.count("|") - 1)]
   for name, r in rows.items():
@@ -419,7 +425,8 @@ def format_table(report: dict) -> str:
     comp = report["comparisons"].get(name, {})
     diffs = " / ".join(f"{comp[k]['difference']:+.3g} (p {comp[k]['p_value']:.2g})"
                        for k in ("mauve", "perplexity", "class_accuracy") if k in comp) or "–"
-    line = f"| {name} | {cell('mauve')} | {cell('perplexity', '{:.1f}')} | {cell('diversity')} | " \
+    line = f"| {name} | {cell('mauve')} | {cell('perplexity', '{:.1f}')} | {cell('perplexity_median', '{:.1f}')} | " \
+           f"{cell('diversity')} | " \
            f"{cell('memorization')} |" + (f" {cell('class_accuracy')} |" if has_acc else "") + \
            f" {time_cell} | {diffs} |"
     lines.append(line)
