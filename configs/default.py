@@ -91,6 +91,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.autoencoder.max_length = config.data.get_ref("max_length")
   # Decoding counts the decoder start token, so a max_length-token sentence needs one more step.
   config.autoencoder.max_decode_length = config.data.get_ref("max_length") + 1
+  # The BART decoder fine-tuned on noised latents with the encoder frozen (ldlg/codecs/bart/decoder_finetune.py):
+  # off (noise_std = 0) by default; with noise_std > 0 the finetune_decoder stage runs after precompute and sampling
+  # decodes with it. The latents, and a denoiser trained on them, are unchanged.
+  from ldlg.codecs.bart import decoder_finetune  # pylint: disable=import-outside-toplevel
+  config.decoder_finetune = decoder_finetune.default_config()
 
   # Denoiser(**config.model): 12 x 768 pre-LN transformer, 12 heads, GeGLU, T5 relative bias.
   config.model = d(

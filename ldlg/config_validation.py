@@ -444,6 +444,24 @@ def _codec(c: Checker) -> None:
 
 
 @register_check
+def _decoder_finetune(c: Checker) -> None:
+  """`config.decoder_finetune` (the BART decoder fine-tuned on noised latents): a σ ≥ 0 and, when on, a training
+  run to do, on the plain BART latents (the compression network trains its own decoding side with noise)."""
+  if not c.has("decoder_finetune"):
+    return
+  c.number("decoder_finetune.noise_std", lo=0.0)
+  noise = c.get("decoder_finetune.noise_std")
+  if not isinstance(noise, (int, float)) or noise <= 0:
+    return
+  for field in ("decoder_finetune.num_steps", "decoder_finetune.batch_size"):
+    c.count(field)
+  c.number("decoder_finetune.lr", lo=0.0, lo_open=True)
+  if c.get("codec") == "bart_compressed":
+    c.add("decoder_finetune.noise_std", noise, "0 with codec='bart_compressed' (the compression network is trained "
+          "with noise on its latents: compression.train_noise_std)", "set --config.decoder_finetune.noise_std=0")
+
+
+@register_check
 def _diffuseq(c: Checker) -> None:
   """DiffuSeq's fields (`configs/default.make_diffuseq_cpu`), checked only when config.method is "diffuseq"."""
   if c.get("method") != "diffuseq":

@@ -20,7 +20,8 @@ from ldlg.engine.workdir import Workdir
 from ldlg.engine.workdir import save_or_check_config
 
 # The stage names a method may have (the --mode choices), in pipeline order.
-STAGES = ("tokenizer", "pretrain_autoencoder", "train_compression", "precompute", "train", "sample", "evaluate")
+STAGES = ("tokenizer", "pretrain_autoencoder", "train_compression", "precompute", "finetune_decoder", "train", "sample",
+          "evaluate")
 MODES = STAGES + ("pipeline",)
 
 

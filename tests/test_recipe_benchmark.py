@@ -60,7 +60,10 @@ def test_sample_only_rows_differ_from_their_trained_row_in_sampling_alone(monkey
                                            sampled_from="old_default"),
               chained=recipe.Row("x", overrides="model.class_input=time", sampled_from="class_time_w3"))
   monkeypatch.setattr(recipe, "ROWS", rows)
-  with pytest.raises(ValueError, match=r"differs outside sample\.\*: \['model.class_input'\]"):
+  # A row decoding with a fine-tuned decoder (encoder frozen) reads the same checkpoints too.
+  assert recipe.ROWS["class_time_v_dec"].sampled_from == "class_time_v"
+  assert "decoder_finetune.noise_std=1.0" in recipe.ROWS["later_dec"].overrides
+  with pytest.raises(ValueError, match=r"differs outside sample\.\*, decoder_finetune\.\*: \['model.class_input'\]"):
     recipe.check_sampled_from("sst", "bad", SMOKE)
   with pytest.raises(ValueError, match="must name a row that trains"):
     recipe.check_sampled_from("sst", "chained", SMOKE)

@@ -94,6 +94,15 @@ def _guided(source: str, scale: float, note: str = "") -> Row:
              f"{ROWS[source].overrides},sample.guidance_scale={float(scale)}", sampled_from=source)
 
 
+def _with_decoder(row: str, noise_std: float) -> Row:
+  """A sample-only row: `row`'s samples decoded by the BART whose decoder was fine-tuned on latents with noise of
+  std up to `noise_std` (`ldlg.codecs.bart.decoder_finetune`; encoder frozen, so the same checkpoints)."""
+  base = ROWS[row]
+  return Row(f"{row}, decoder fine-tuned on noised latents (σ ≤ {noise_std:g})", base.variant,
+             ",".join(filter(None, (base.overrides, f"decoder_finetune.noise_std={float(noise_std)}"))),
+             sampled_from=base.sampled_from or row)
+
+
 ROWS = {
     "old_default": Row("`:cpu` before this ablation: x0-prediction, linear schedule, self-conditioning cross-attended, "
                        "class as a memory token, no guidance", overrides=BEFORE),
@@ -135,6 +144,10 @@ ROWS.update({
     "class_time_w5_steps3000_w1": _guided("class_time_w5_steps3000", 1),
     "class_time_v_w5": _guided("class_time_v", 5),
 })
+# The samples lie off the encoder's manifold (diagnostics' sample_reencoding): the same checkpoints, decoded by a
+# decoder trained to read noised latents.
+ROWS.update({f"{row}_dec": _with_decoder(row, 1.0) for row in ("class_time_w5", "class_time_v", "class_time_v_w5",
+                                                                "later")})
 # Time to quality inside the recipe: the `:cpu` default at growing step budgets, and the GPT-2 capped at each budget's
 # training time (a GPT-2 point stands at its capping row's budget). One judge scores every point.
 BUDGET_SERIES = {
@@ -144,6 +157,9 @@ BUDGET_SERIES = {
 }
 DEFAULT_ROWS = ("old_default", "no_self_cond", "class_time", "class_time_w3", "class_time_w5", "later", "later_w3",
                 "official_v1")
+# What a sample-only row may change: the sampler, and the decoder (fine-tuned with the encoder frozen: the same
+# latents, so the same checkpoints).
+SAMPLE_ONLY_FIELDS = ("sample.", "decoder_finetune.")
 # The codec's fields: a row may link the shared codec only if it agrees with it on every one of them.
 CODEC_FIELDS = ("autoencoder.", "tokenizer.", "data.")
 METRICS = ("mauve", "perplexity", "diversity", "memorization", "class_accuracy")
@@ -170,10 +186,12 @@ def check_sampled_from(dataset: str, name: str, preset: dict) -> str:
   if source not in ROWS or ROWS[source].needs is not None:
     raise ValueError(f"row {name!r}: sampled_from={source!r} must name a row that trains")
   mine, theirs = (flatten(json.loads(row_config(dataset, n, preset).to_json())) for n in (name, source))
-  differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and not k.startswith("sample."))
+  differing = sorted(k for k in set(mine) | set(theirs)
+                     if mine.get(k) != theirs.get(k) and not k.startswith(SAMPLE_ONLY_FIELDS))
   if differing:
-    raise ValueError(f"row {name!r} samples {source!r}'s checkpoints but its config differs outside sample.*: "
-                     f"{differing}; give it its own training (drop sampled_from)")
+    raise ValueError(f"row {name!r} samples {source!r}'s checkpoints but its config differs outside "
+                     f"{', '.join(f + '*' for f in SAMPLE_ONLY_FIELDS)}: {differing}; give it its own training "
+                     "(drop sampled_from)")
   return source
 
 
@@ -201,6 +219,18 @@ def link_codec(codec: Workdir, row_wd: Workdir, config: ml_collections.ConfigDic
   for n in names:
     if not (row_wd.root / n).exists():
       os.symlink(codec.root / n, row_wd.root / n)
+
+
+def _link_decoder_of_a_sibling(wd: Workdir, config: ml_collections.ConfigDict) -> None:
+  """Links another row's fine-tuned decoder when it was made with this row's decoder_finetune config (every row
+  shares the codec, so the decoder is the same): it is trained once per config."""
+  from ldlg.codecs.bart import decoder_finetune  # pylint: disable=import-outside-toplevel
+  if wd.decoder_dir.exists():
+    return
+  for done in sorted(wd.root.parent.glob(f"*/decoder/{decoder_finetune.DONE_FILE}")):
+    if json.loads(done.read_text())["decoder_finetune"] == config.decoder_finetune.to_dict():
+      os.symlink(done.parent.resolve(), wd.decoder_dir)
+      return
 
 
 def _timed_stage(stage: str, config, wd: Workdir, data_dir) -> float:
@@ -233,6 +263,11 @@ def run_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict,
     for n in ("autoencoder", "tfds", "latents", "checkpoints", "compression"):
       if (src.root / n).exists() and not (wd.root / n).exists():
         os.symlink((src.root / n).resolve(), wd.root / n)
+  if not pipeline.stage_done("finetune_decoder", config, wd, data_dir):  # Only with decoder_finetune on.
+    _link_decoder_of_a_sibling(wd, config)
+    if not pipeline.stage_done("finetune_decoder", config, wd, data_dir):
+      record["finetune_decoder_seconds"] = _timed_stage("finetune_decoder", config, wd, data_dir)
+      record_file.write_text(json.dumps(record, indent=2))
   if not pipeline.stage_done("sample", config, wd, data_dir):
     record["sample_seconds"] = _timed_stage("sample", config, wd, data_dir)
   record.update(description=ROWS[name].description, variant=ROWS[name].variant, overrides=ROWS[name].overrides,

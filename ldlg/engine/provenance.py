@@ -15,11 +15,12 @@ import ml_collections
 
 from ldlg.engine import checkpoints
 from ldlg.engine.workdir import BOOKKEEPING_FIELDS
+from ldlg.engine.workdir import without_optional_sections
 
 
 def config_hash(config: ml_collections.ConfigDict, *, without: tuple[str, ...] = ()) -> str:
   """A short hash of the config's JSON, leaving out the named top-level sections and the bookkeeping fields."""
-  data = {k: v for k, v in json.loads(config.to_json()).items() if k not in without}
+  data = {k: v for k, v in without_optional_sections(json.loads(config.to_json())).items() if k not in without}
   for section, fields in BOOKKEEPING_FIELDS.items():
     if isinstance(data.get(section), dict):
       data[section] = {k: v for k, v in data[section].items() if k not in fields}

@@ -29,7 +29,9 @@ MUTABLE_FIELDS = ("train.num_steps",
                   "sample.", "eval.", "autoencoder.num_beams",
                   "autoencoder.repetition_penalty", "autoencoder.no_repeat_ngram_size",
                   "autoencoder.length_penalty", "autoencoder.max_decode_length",
-                  "autoencoder.min_decode_length")
+                  "autoencoder.min_decode_length",
+                  # The decoder fine-tune changes decoding only (encoder frozen): an existing run may take one up.
+                  "decoder_finetune.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,11 @@ class Workdir:
   @property
   def autoencoder_dir(self) -> pathlib.Path:
     return self.root / "autoencoder"
+
+  @property
+  def decoder_dir(self) -> pathlib.Path:
+    """The BART with its decoder fine-tuned on noised latents (`ldlg.codecs.bart.decoder_finetune`)."""
+    return self.root / "decoder"
 
   @property
   def tfds_dir(self) -> pathlib.Path:
@@ -82,6 +89,19 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
     else:
       out[f"{prefix}{key}"] = value
   return out
+
+
+# Sections added to the configs after samples were drawn, with their switch field and its "off" value: while off, a
+# section is left out of the config hashes (`provenance.config_hash`), so the samples drawn before it existed stay
+# current.
+OPTIONAL_SECTIONS = {"decoder_finetune": ("noise_std", 0.0)}
+
+
+def without_optional_sections(data: dict) -> dict:
+  """A config's JSON dict without the `OPTIONAL_SECTIONS` that are off."""
+  return {k: v for k, v in data.items()
+          if not (k in OPTIONAL_SECTIONS and isinstance(v, dict)
+                  and v.get(OPTIONAL_SECTIONS[k][0]) == OPTIONAL_SECTIONS[k][1])}
 
 
 # Fields added to the configs after workdirs were made, with the value that reproduces the behaviour from before

@@ -70,7 +70,19 @@ class BartLatentCodec(base.Codec):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, workdir: Workdir) -> "BartLatentCodec":
-    return cls(load_autoencoder(config, workdir), decode_settings(config.autoencoder))
+    """The run's BART; with `config.decoder_finetune` on, the one whose decoder was fine-tuned on noised latents
+    (its encoder is the autoencoder's, unchanged: the same latents)."""
+    from ldlg.codecs.bart import decoder_finetune  # pylint: disable=import-outside-toplevel
+    if not decoder_finetune.enabled(config):
+      return cls(load_autoencoder(config, workdir), decode_settings(config.autoencoder))
+    from ldlg.codecs.bart.autoencoder import Autoencoder  # pylint: disable=import-outside-toplevel
+    if not (workdir.decoder_dir / decoder_finetune.DONE_FILE).exists():
+      raise FileNotFoundError(
+          f"no fine-tuned decoder at {workdir.decoder_dir} (config.decoder_finetune.noise_std > 0): the "
+          "finetune_decoder stage has not run in this workdir. Run --mode=finetune_decoder (or --mode=pipeline), "
+          "or set --config.decoder_finetune.noise_std=0 to decode with the autoencoder's decoder.")
+    return cls(Autoencoder.from_pretrained(str(workdir.decoder_dir), max_length=config.data.max_length,
+                                           dtype=config.autoencoder.dtype), decode_settings(config.autoencoder))
 
   @property
   def latent_dim(self) -> int:

@@ -5,6 +5,9 @@ pretrain_autoencoder  <workdir>/autoencoder/: tokenizer + BART (HF format), reco
 precompute            <workdir>/latents/<split>/: latent shards; manifest.json with "complete": true marks it done.
                       With `config.codec = "bart_compressed"` the latents are the compression network's [N, w]
                       (`ldlg.codecs.compression`, trained by the train_compression stage in between)
+finetune_decoder      <workdir>/decoder/: the BART with its decoder fine-tuned on noised latents, encoder frozen
+                      (`ldlg.codecs.bart.decoder_finetune`); decoder_finetune.json marks it done. Only when
+                      config.decoder_finetune.noise_std > 0; sampling then decodes with it
 """
 
 import json
@@ -128,5 +131,40 @@ def _made_with_current_compression(manifest: dict, workdir: Workdir) -> bool:
       compression_codec.weights_tag(compression_codec.weights_digest(weights)))
 
 
+def finetune_decoder(config, workdir: Workdir, data_dir) -> None:
+  from ldlg.codecs.bart import decoder_finetune  # pylint: disable=import-outside-toplevel
+  if not decoder_finetune.enabled(config):
+    logging.info("config.decoder_finetune.noise_std is 0: decoding with the autoencoder's own decoder.")
+    return
+  if uses_compression(config):
+    raise ValueError("config.decoder_finetune applies to the plain BART latents; the compression network "
+                     "(config.codec='bart_compressed') trains its decoding side with noise itself "
+                     "(config.compression.train_noise_std): set decoder_finetune.noise_std=0")
+  if workdir.decoder_dir.exists() and not finetune_decoder_done(config, workdir):
+    if (workdir.decoder_dir / decoder_finetune.DONE_FILE).exists():  # Done with another config: made again.
+      logging.info("Deleting %s: fine-tuned with another decoder_finetune config.", workdir.decoder_dir)
+      shutil.rmtree(workdir.decoder_dir)
+  store = bart_codec.open_latent_store(config, workdir, config.data.train_split)
+  latent_std = bart_codec.latent_stats(store)["std"]
+  train = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.train_split)]
+  valid = [r["text"] for r in load_texts(config, data_dir, workdir, config.data.eval_split)]
+  result = decoder_finetune.finetune_decoder(
+      config.decoder_finetune, bart_codec.load_autoencoder(config, workdir), train, latent_std, workdir.decoder_dir,
+      eval_texts=valid, decode_kwargs=bart_codec.decode_settings(config.autoencoder))
+  if result.get("stopped_by") == "signal":
+    raise signals.Interrupted(f"the decoder fine-tune was interrupted at step {result['step']} (checkpoint saved)")
+  logging.info("Decoder fine-tune: %s", json.dumps({k: v for k, v in result.items() if k not in ("params",)}))
+
+
+def finetune_decoder_done(config, workdir: Workdir, data_dir=None) -> bool:
+  """Off, or done with this decoder_finetune config."""
+  from ldlg.codecs.bart import decoder_finetune  # pylint: disable=import-outside-toplevel
+  if not decoder_finetune.enabled(config):
+    return True
+  done = workdir.decoder_dir / decoder_finetune.DONE_FILE
+  return done.exists() and json.loads(done.read_text())["decoder_finetune"] == config.decoder_finetune.to_dict()
+
+
 PRETRAIN = Stage("pretrain_autoencoder", pretrain_autoencoder, pretrain_done)
 PRECOMPUTE = Stage("precompute", precompute, precompute_done)
+FINETUNE_DECODER = Stage("finetune_decoder", finetune_decoder, finetune_decoder_done)

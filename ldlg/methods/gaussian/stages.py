@@ -179,6 +179,6 @@ def stages() -> tuple[Stage, ...]:
   """The stages of a Gaussian latent diffusion run, in order."""
   from ldlg.evaluation.stage import EVALUATE
   from ldlg.codecs.compression.stages import TRAIN_COMPRESSION  # A no-op unless config.codec = "bart_compressed".
-  return (bart_stages.PRETRAIN, TRAIN_COMPRESSION, bart_stages.PRECOMPUTE,
+  return (bart_stages.PRETRAIN, TRAIN_COMPRESSION, bart_stages.PRECOMPUTE, bart_stages.FINETUNE_DECODER,
           Stage("train", train, train_stage.train_done, single_host=False), Stage("sample", sample, sample_done),
           EVALUATE)
