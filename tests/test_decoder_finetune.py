@@ -118,3 +118,26 @@ def test_a_run_decodes_with_it_only_when_on_and_its_samples_stay_current_when_of
   assert bart_stages.finetune_decoder_done(config, wd)
   config.decoder_finetune.num_steps += 1  # Done with another config: not done for this one.
   assert not bart_stages.finetune_decoder_done(config, wd)
+
+
+@pytest.mark.slow
+def test_a_trained_tiny_run_takes_up_a_fine_tuned_decoder_without_retraining(tiny_cli_run, tmp_path, data_dir):
+  import shutil
+  from configs import tiny
+  from ldlg import pipeline
+  from ldlg.methods.gaussian.text_sampler import TextSampler
+  wd = Workdir(tmp_path / "run")
+  shutil.copytree(tiny_cli_run, wd.root, symlinks=True)
+  config = tiny.get_config()
+  before = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
+  config.decoder_finetune.update(noise_std=1.0, num_steps=3, batch_size=8, log_every=1, eval_num_sentences=4)
+  assert not pipeline.stage_done("finetune_decoder", config, wd, data_dir)
+  assert pipeline.stage_done("train", config, wd, data_dir)  # The denoiser's training stays done...
+  for stage in ("finetune_decoder", "sample"):  # ...and the saved config accepts the change (decoding only).
+    pipeline.run(stage, config, wd.root, data_dir=data_dir)
+  assert (wd.decoder_dir / decoder_finetune.DONE_FILE).exists()
+  sampler = TextSampler.from_workdir(config, wd)
+  assert sampler.codec.autoencoder.name == str(wd.decoder_dir)  # ...and sampling decodes with the new decoder,
+  after = [json.loads(l) for l in wd.samples_file.read_text().splitlines()]
+  assert len(after) == len(before) and after[0]["config_hash"] != before[0]["config_hash"]  # drawn again.
+  assert [r["length"] for r in after] == [r["length"] for r in before]  # Same seed: the same latents' lengths.
