@@ -98,3 +98,21 @@ def tiny_cli_run(tmp_path_factory, data_dir) -> pathlib.Path:
       assert result.returncode == 0, result.stderr[-3000:]
       done.touch()
   return wd
+
+
+@pytest.fixture(scope="module")
+def tiny_bart(tmp_path_factory):
+  """(a randomly initialised tiny BART (width 16, one layer each side, no dropout) with a tokenizer trained on a
+  synthetic corpus, that corpus): for the plumbing of what trains through a frozen BART (the compression network,
+  the decoder fine-tune), not for reconstruction quality."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  from ldlg.codecs.bart import pretrain  # pylint: disable=import-outside-toplevel
+  from ldlg.codecs.bart import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from ldlg.codecs.bart.autoencoder import Autoencoder  # pylint: disable=import-outside-toplevel
+  adj, noun, verb = "red blue small old".split(), "cat dog bird fish".split(), "sees likes eats".split()
+  texts = [f"the {a} {n} {v} the {m}" for a, n, v, m in itertools.product(adj, noun, verb, noun)][:160]
+  tok = tokenizer_lib.train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok"), min_frequency=1)
+  cfg = pretrain.default_autoencoder_config()
+  cfg.update(max_length=16, d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=32,
+             dropout=0.0, max_position_embeddings=32)
+  return Autoencoder.from_config(pretrain.bart_config(cfg, len(tok)), tok, max_length=16), texts

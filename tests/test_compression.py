@@ -6,7 +6,6 @@ The BART here is a randomly initialised tiny one (width 16) with a tokenizer tra
 the test checks the training plumbing and its exactness, not reconstruction quality (a random frozen decoder
 cannot be steered in a few steps, and a BART that reconstructs takes minutes to pretrain on 2 cores).
 """
-import itertools
 import json
 
 import jax
@@ -14,9 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ldlg.codecs.bart import pretrain
-from ldlg.codecs.bart import tokenizer as tokenizer_lib
-from ldlg.codecs.bart.autoencoder import Autoencoder
 from ldlg.codecs.compression import train as compression_train
 from ldlg.codecs.compression.network import CompressionAutoencoder, l2_normalize
 
@@ -56,17 +52,6 @@ def test_padded_states_do_not_reach_the_latents():
   np.testing.assert_allclose(encode(params, junk, mask), encode(params, x, mask), atol=1e-5)
   # A short example padded to 12 encodes as itself at its own length.
   np.testing.assert_allclose(encode(params, x[1:2, :5], mask[1:2, :5]), encode(params, x, mask)[1:2], atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def tiny_bart(tmp_path_factory):
-  adj, noun, verb = "red blue small old".split(), "cat dog bird fish".split(), "sees likes eats".split()
-  texts = [f"the {a} {n} {v} the {m}" for a, n, v, m in itertools.product(adj, noun, verb, noun)][:160]
-  tok = tokenizer_lib.train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok"), min_frequency=1)
-  cfg = pretrain.default_autoencoder_config()
-  cfg.update(max_length=16, d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=32,
-             dropout=0.0, max_position_embeddings=32)
-  return Autoencoder.from_config(pretrain.bart_config(cfg, len(tok)), tok, max_length=16), texts
 
 
 def _cfg(num_steps):

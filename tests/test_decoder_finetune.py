@@ -6,7 +6,6 @@ samples' provenance is untouched when it is off.
 The BART is a randomly initialised tiny one (width 16, no dropout) with a tokenizer trained on a synthetic corpus:
 the test checks the training plumbing and its exactness; what the fine-tune buys is measured in the README.
 """
-import itertools
 import json
 
 import jax
@@ -15,22 +14,9 @@ import pytest
 
 from configs import sst
 from ldlg.codecs.bart import decoder_finetune
-from ldlg.codecs.bart import pretrain
-from ldlg.codecs.bart import tokenizer as tokenizer_lib
 from ldlg.codecs.bart.autoencoder import Autoencoder
 from ldlg.engine import provenance
 from ldlg.engine.workdir import Workdir
-
-
-@pytest.fixture(scope="module")
-def tiny_bart(tmp_path_factory):
-  adj, noun, verb = "red blue small old".split(), "cat dog bird fish".split(), "sees likes eats".split()
-  texts = [f"the {a} {n} {v} the {m}" for a, n, v, m in itertools.product(adj, noun, verb, noun)][:120]
-  tok = tokenizer_lib.train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok"), min_frequency=1)
-  cfg = pretrain.default_autoencoder_config()
-  cfg.update(max_length=16, d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=32,
-             dropout=0.0, max_position_embeddings=32)
-  return Autoencoder.from_config(pretrain.bart_config(cfg, len(tok)), tok, max_length=16), texts
 
 
 def _cfg(num_steps, noise_std=1.0):

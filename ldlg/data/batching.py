@@ -40,3 +40,16 @@ def teacher_forcing_batch(input_ids: np.ndarray, labels: np.ndarray, *, pad_id: 
   start = np.full((len(labels), 1), start_id, np.int32)
   return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).astype(np.int32),
           "decoder_input_ids": np.concatenate([start, labels[:, :-1]], axis=1), "labels": labels}
+
+
+def reconstruction_batch(token_ids: Sequence[np.ndarray], step: int, *, batch_size: int, seed: int,
+                         pad_multiple: int, max_length: int, pad_id: int, start_id: int) -> dict[str, np.ndarray]:
+  """Step `step`'s batch of clean sentences to reconstruct (`step_batches.batch_indices`): the teacher-forcing
+  arrays [B, P] (the same ids in and out) and `example_index` [B], step * batch_size + row, a global index unique
+  over the run, so per-example noise keyed on it never repeats across steps and resumes exactly."""
+  from ldlg.data.step_batches import batch_indices  # pylint: disable=import-outside-toplevel
+  seqs = [token_ids[i] for i in batch_indices(step, len(token_ids), batch_size, seed)]
+  ids = pad_rows(seqs, pad_width(max(len(s) for s in seqs), pad_multiple, max_length), pad_id)
+  batch = teacher_forcing_batch(ids, ids, pad_id=pad_id, start_id=start_id)
+  batch["example_index"] = (step * batch_size + np.arange(len(seqs))).astype(np.int64)
+  return batch

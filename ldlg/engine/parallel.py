@@ -29,6 +29,18 @@ def global_mean(x):
     return x
 
 
+def global_token_mean(per_token, weights):
+  """Each device's share of the weighted mean over every device's tokens, times the device count: the engine's
+  pmean of it (and of its gradient) is then the global token mean, however the batch is split (a mean of
+  per-device means would weight a device's tokens by how few it has). Outside pmap: the weighted mean.
+
+  Args:
+    per_token: [B, L] values (e.g. cross-entropy).
+    weights: [B, L] token weights (1 at real tokens, 0 at padding).
+  """
+  return (per_token * weights).sum() * global_sum(1.0) / global_sum(weights.sum())
+
+
 def device_index():
   """This device's position on the data-parallel axis (0 outside pmap)."""
   try:

@@ -16,7 +16,7 @@ and the shared token embeddings (the encoder's input and the tied LM head). The 
 on them, therefore stay valid; only decoding changes.
 
 `finetune_decoder(cfg, autoencoder, texts, latent_std, out_dir)` runs the engine's trainer: pmapped, Orbax
-checkpoints in out_dir/checkpoints, SIGTERM saves, exact resume. Step s's batch is `batch_indices(s)`, and each
+checkpoints in out_dir/checkpoints, SIGTERM saves, exact resume. Step s's batch is `reconstruction_batch(s)`, and each
 example's σ and ε are keyed on its global index. When the run reaches `cfg.num_steps`, the whole BART (encoder
 unchanged) and its tokenizer are written to out_dir with `save_pretrained`, so `Autoencoder.from_pretrained`
 loads it as it loads any BART. Then `decoder_finetune.json` is written, which marks the run done: the config, and
@@ -34,8 +34,7 @@ import numpy as np
 import optax
 
 from ldlg.codecs.bart import reconstruction
-from ldlg.data.batching import pad_rows, pad_width, teacher_forcing_batch
-from ldlg.data.step_batches import batch_indices
+from ldlg.data.batching import reconstruction_batch
 from ldlg.engine import parallel
 from ldlg.engine import trainer
 from ldlg.methods.base import per_example_keys
@@ -71,18 +70,6 @@ def merge_params(trainable: dict, frozen: dict) -> dict:
           "model": {**frozen["model"], "decoder": trainable["decoder"]}}
 
 
-def make_batch(token_ids: Sequence[np.ndarray], step: int, cfg: ml_collections.ConfigDict, *, pad_id: int,
-               decoder_start_id: int, max_length: int) -> dict[str, np.ndarray]:
-  """Step `step`'s clean batch [B, P]: input_ids, attention_mask, decoder_input_ids, labels, example_index [B]."""
-  idx = batch_indices(step, len(token_ids), cfg.batch_size, cfg.seed)
-  seqs = [token_ids[i] for i in idx]
-  ids = pad_rows(seqs, pad_width(max(len(s) for s in seqs), cfg.pad_multiple, max_length), pad_id)
-  batch = teacher_forcing_batch(ids, ids, pad_id=pad_id, start_id=decoder_start_id)
-  # A global index unique over the run: an example's noise never repeats across steps, and resumes exactly.
-  batch["example_index"] = (step * cfg.batch_size + np.arange(len(seqs))).astype(np.int64)
-  return batch
-
-
 def make_loss_fn(model, frozen: dict, *, pad_id: int, noise_std: float, latent_std: float, num_devices: int):
   """Token-mean cross-entropy (global over devices) of the decoder on noised encoder latents.
 
@@ -102,12 +89,9 @@ def make_loss_fn(model, frozen: dict, *, pad_id: int, noise_std: float, latent_s
     logits = model.decode(batch["decoder_input_ids"], (memory,), encoder_attention_mask=att, params=params,
                           train=True, dropout_rng=dropout_key).logits.astype(jnp.float32)
     weights = (batch["labels"] != pad_id).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    # Each device's share of the global token mean times the device count: the engine's pmean then gives the
-    # global token mean, however the batch is split.
-    scale = parallel.global_sum(1.0) / parallel.global_sum(weights.sum())
-    loss = (ce * weights).sum() * scale
-    accuracy = ((logits.argmax(-1) == batch["labels"]) * weights).sum() * scale
+    loss = parallel.global_token_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]),
+                                      weights)
+    accuracy = parallel.global_token_mean(logits.argmax(-1) == batch["labels"], weights)
     return loss, {"loss": loss, "token_accuracy": accuracy, "noise_std_mean": jnp.mean(sigma)}
   return loss_fn
 
@@ -166,8 +150,9 @@ def finetune_decoder(cfg: ml_collections.ConfigDict, autoencoder, texts: Sequenc
 
   def batches(start_step: int):
     for step in itertools.count(start_step):
-      yield parallel.shard_batch(make_batch(token_ids, step, cfg, pad_id=tok.pad_token_id, decoder_start_id=start_id,
-                                            max_length=autoencoder.max_length), len(devices))
+      yield parallel.shard_batch(reconstruction_batch(
+          token_ids, step, batch_size=cfg.batch_size, seed=cfg.seed, pad_multiple=cfg.pad_multiple,
+          max_length=autoencoder.max_length, pad_id=tok.pad_token_id, start_id=start_id), len(devices))
 
   optim = ml_collections.ConfigDict(dict(
       lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, max(cfg.num_steps - 1, 0)), schedule="cosine",

@@ -156,12 +156,9 @@ def make_loss_fn(model, pad_id: int, num_devices: int):
                    decoder_input_ids=batch["decoder_input_ids"], params=params,
                    dropout_rng=dropout_key, train=True).logits.astype(jnp.float32)
     weights = (batch["labels"] != pad_id).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    # Each device's share of the global token mean, times the device count: the engine's pmean then gives
-    # exactly the global token mean (and its gradient), however the batch is split.
-    num_devices_now, num_tokens = parallel.global_sum(1.0), parallel.global_sum(weights.sum())
-    loss = (ce * weights).sum() * num_devices_now / num_tokens
-    accuracy = ((logits.argmax(-1) == batch["labels"]) * weights).sum() * num_devices_now / num_tokens
+    loss = parallel.global_token_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]),
+                                      weights)
+    accuracy = parallel.global_token_mean(logits.argmax(-1) == batch["labels"], weights)
     return loss, {"loss": loss, "token_accuracy": accuracy}
   return loss_fn
 

@@ -25,8 +25,7 @@ import numpy as np
 import optax
 
 from ldlg.codecs.compression.network import CompressionAutoencoder
-from ldlg.data.batching import pad_rows, pad_width, teacher_forcing_batch
-from ldlg.data.step_batches import batch_indices
+from ldlg.data.batching import reconstruction_batch
 from ldlg.engine import parallel
 from ldlg.engine import trainer
 from ldlg.methods.base import per_example_keys
@@ -50,18 +49,6 @@ def build_network(cfg: ml_collections.ConfigDict, out_dim: int, max_len: int) ->
                                 norm_scale=cfg.norm_scale)
 
 
-def make_batch(token_ids: Sequence[np.ndarray], step: int, cfg: ml_collections.ConfigDict, *, pad_id: int,
-               decoder_start_id: int, max_length: int) -> dict[str, np.ndarray]:
-  """Step `step`'s batch [B, P]: encoder input_ids/attention_mask, decoder inputs, labels, example_index [B]."""
-  idx = batch_indices(step, len(token_ids), cfg.batch_size, cfg.seed)
-  seqs = [token_ids[i] for i in idx]
-  ids = pad_rows(seqs, pad_width(max(len(s) for s in seqs), cfg.pad_multiple, max_length), pad_id)
-  batch = teacher_forcing_batch(ids, ids, pad_id=pad_id, start_id=decoder_start_id)
-  # step * batch_size + row: a global index unique over the whole run, so noise never repeats across steps.
-  batch["example_index"] = (step * cfg.batch_size + np.arange(len(seqs))).astype(np.int64)
-  return batch
-
-
 def make_loss_fn(network: CompressionAutoencoder, bart_model, bart_params, *, pad_id: int, noise_std: float):
   """Token-mean cross-entropy (global over devices) of the frozen decoder on the reconstructed memory.
 
@@ -80,12 +67,9 @@ def make_loss_fn(network: CompressionAutoencoder, bart_model, bart_params, *, pa
                                encoder_attention_mask=jnp.ones(memory.shape[:2], jnp.int32),
                                params=bart_params).logits.astype(jnp.float32)
     weights = (batch["labels"] != pad_id).astype(jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-    # Each device's share of the global token mean times the device count: the engine's pmean is then the
-    # global token mean, however the batch is split.
-    scale = parallel.global_sum(1.0) / parallel.global_sum(weights.sum())
-    loss = (ce * weights).sum() * scale
-    accuracy = ((logits.argmax(-1) == batch["labels"]) * weights).sum() * scale
+    loss = parallel.global_token_mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]),
+                                      weights)
+    accuracy = parallel.global_token_mean(logits.argmax(-1) == batch["labels"], weights)
     latent_norm = jnp.mean(jnp.linalg.norm(z, axis=-1))
     return loss, {"loss": loss, "token_accuracy": accuracy, "latent_norm": latent_norm}
   return loss_fn
@@ -126,9 +110,10 @@ def train_compression(cfg: ml_collections.ConfigDict, autoencoder, texts: Sequen
 
   def batches(start_step: int):
     for step in itertools.count(start_step):
-      yield parallel.shard_batch(make_batch(token_ids, step, cfg, pad_id=tok.pad_token_id,
-                                            decoder_start_id=opts.decoder_start_token_id,
-                                            max_length=autoencoder.max_length), len(devices))
+      yield parallel.shard_batch(reconstruction_batch(
+          token_ids, step, batch_size=cfg.batch_size, seed=cfg.seed, pad_multiple=cfg.pad_multiple,
+          max_length=autoencoder.max_length, pad_id=tok.pad_token_id, start_id=opts.decoder_start_token_id),
+          len(devices))
 
   optim = ml_collections.ConfigDict(dict(
       lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, max(cfg.num_steps - 1, 0)), schedule="cosine",
