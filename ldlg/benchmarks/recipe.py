@@ -88,19 +88,17 @@ def _default_at(steps: int) -> Row:
              overrides=f"{CLASS_TIME},sample.guidance_scale=5.0,train.num_steps={steps}")
 
 
+def _sample_only(row: str, change: str, overrides: str) -> Row:
+  """A row that samples `row`'s checkpoints (or those `row` itself samples) with `overrides` added to its own;
+  described as "<row>, <change>"."""
+  base = ROWS[row]
+  return Row(f"{row}, {change}", base.variant, ",".join(filter(None, (base.overrides, overrides))),
+             sampled_from=base.sampled_from or row)
+
+
 def _guided(source: str, scale: float, note: str = "") -> Row:
   """A sample-only row: `source`'s checkpoints sampled with guidance w = scale (its overrides, then the scale)."""
-  return Row(f"{source}, guidance w = {scale:g}{note}", ROWS[source].variant,
-             f"{ROWS[source].overrides},sample.guidance_scale={float(scale)}", sampled_from=source)
-
-
-def _with_decoder(row: str, noise_std: float) -> Row:
-  """A sample-only row: `row`'s samples decoded by the BART whose decoder was fine-tuned on latents with noise of
-  std up to `noise_std` (`ldlg.codecs.bart.decoder_finetune`; encoder frozen, so the same checkpoints)."""
-  base = ROWS[row]
-  return Row(f"{row}, decoder fine-tuned on noised latents (σ ≤ {noise_std:g})", base.variant,
-             ",".join(filter(None, (base.overrides, f"decoder_finetune.noise_std={float(noise_std)}"))),
-             sampled_from=base.sampled_from or row)
+  return _sample_only(source, f"guidance w = {scale:g}{note}", f"sample.guidance_scale={float(scale)}")
 
 
 ROWS = {
@@ -147,13 +145,13 @@ ROWS.update({
 # Deterministic DDIM (η = 0) on the same checkpoints: from ᾱ = 0.85 the x0 chain keeps its sentences better at
 # η = 0 (diagnostics' sampling_from_noise_level: BLEU 25.6 against 3 at w = 5), and at η = 1 the v chain ends with
 # 8 % more latent norm than real latents (sample_reencoding).
-ROWS.update({f"{row}_eta0": Row(f"{row}, DDIM η = 0", ROWS[row].variant, f"{ROWS[row].overrides},sample.eta=0.0",
-                                sampled_from=ROWS[row].sampled_from or row)
+ROWS.update({f"{row}_eta0": _sample_only(row, "DDIM η = 0", "sample.eta=0.0")
              for row in ("class_time_w5", "class_time_v")})
 # The samples lie off the encoder's manifold (diagnostics' sample_reencoding): the same checkpoints, decoded by a
 # decoder trained to read noised latents.
-ROWS.update({f"{row}_dec": _with_decoder(row, 1.0) for row in ("class_time_w5", "class_time_v", "class_time_v_w5",
-                                                                "later")})
+ROWS.update({f"{row}_dec": _sample_only(row, "decoder fine-tuned on noised latents (σ ≤ 1)",
+                                        "decoder_finetune.noise_std=1.0")
+             for row in ("class_time_w5", "class_time_v", "class_time_v_w5", "later")})
 # Time to quality inside the recipe: the `:cpu` default at growing step budgets, and the GPT-2 capped at each budget's
 # training time (a GPT-2 point stands at its capping row's budget). One judge scores every point.
 BUDGET_SERIES = {
@@ -452,7 +450,8 @@ def format_table(report: dict) -> str:
            f"{rec['bleu']:.1f}; judge: GPT-2, {report['judge']['max_steps']} steps, validation NLL "
            f"{report['judge']['valid_loss'] or float('nan'):.3f} nats/token.",
            ""]
-  header = ("| row | MAUVE | judge ppl | judge ppl (median) | diversity | memorization |" + (" class acc. |" if has_acc else "")
+  header = ("| row | MAUVE | judge ppl | judge ppl (median) | diversity | memorization |"
+            + (" class acc. |" if has_acc else "")
             + " train time | vs " + BASELINE + ": MAUVE / ppl" + (" / class acc." if has_acc else "") + " (Welch p) |")
   lines += [header, "|" + "---|" * (header.count("|") - 1)]
   for name, r in rows.items():

@@ -193,7 +193,8 @@ def evaluate_draws(samples: Sequence[str], reference: Sequence[str],
 
   Returns:
     {"mauve", "diversity", "memorization", "unique_tokens", "perplexity" and "perplexity_median" (per-draw mean
-     and median of the per-text perplexities; if ppl_model), "class_accuracy" (if sample_labels): each {"mean", "std", "values"}; plus "featurizer",
+     and median of the per-text perplexities; if ppl_model), "class_accuracy" (if sample_labels): each
+     {"mean", "std", "values"}; plus "featurizer",
      "num_draws", "draw_size", "num_samples", "num_empty_samples"}.
   """
   samples = list(samples)

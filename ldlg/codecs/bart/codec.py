@@ -39,13 +39,18 @@ def autoencoder_path(config: ml_collections.ConfigDict, workdir: Workdir) -> str
 
 def load_autoencoder(config: ml_collections.ConfigDict, workdir: Workdir):
   """The frozen BART of a run (raises naming the stage to run when our own has not been trained yet)."""
-  from ldlg.codecs.bart.autoencoder import Autoencoder
   path = autoencoder_path(config, workdir)
   if config.autoencoder.pretrain and not (workdir.autoencoder_dir / "config.json").exists():
     raise FileNotFoundError(
         f"no autoencoder at {workdir.autoencoder_dir}: the pretrain_autoencoder stage has not run in this "
         "workdir. Run --mode=pretrain_autoencoder (or --mode=pipeline) first.")
-  return Autoencoder.from_pretrained(path, max_length=config.data.max_length, dtype=config.autoencoder.dtype)
+  return load_bart(config, path)
+
+
+def load_bart(config: ml_collections.ConfigDict, path: str):
+  """A BART folder (or hub name) read with the run's length and dtype."""
+  from ldlg.codecs.bart.autoencoder import Autoencoder  # pylint: disable=import-outside-toplevel
+  return Autoencoder.from_pretrained(str(path), max_length=config.data.max_length, dtype=config.autoencoder.dtype)
 
 
 def _file_digest(path) -> str | None:
@@ -75,14 +80,12 @@ class BartLatentCodec(base.Codec):
     from ldlg.codecs.bart import decoder_finetune  # pylint: disable=import-outside-toplevel
     if not decoder_finetune.enabled(config):
       return cls(load_autoencoder(config, workdir), decode_settings(config.autoencoder))
-    from ldlg.codecs.bart.autoencoder import Autoencoder  # pylint: disable=import-outside-toplevel
     if not (workdir.decoder_dir / decoder_finetune.DONE_FILE).exists():
       raise FileNotFoundError(
           f"no fine-tuned decoder at {workdir.decoder_dir} (config.decoder_finetune.noise_std > 0): the "
           "finetune_decoder stage has not run in this workdir. Run --mode=finetune_decoder (or --mode=pipeline), "
           "or set --config.decoder_finetune.noise_std=0 to decode with the autoencoder's decoder.")
-    return cls(Autoencoder.from_pretrained(str(workdir.decoder_dir), max_length=config.data.max_length,
-                                           dtype=config.autoencoder.dtype), decode_settings(config.autoencoder))
+    return cls(load_bart(config, workdir.decoder_dir), decode_settings(config.autoencoder))
 
   @property
   def latent_dim(self) -> int:
