@@ -101,6 +101,16 @@ def test_rows_link_the_shared_codec_only_when_they_agree_with_it(tmp_path):
   other = ab.apply_overrides(recipe.row_config("sst", "old_default", SMOKE), "autoencoder.d_model=64")
   with pytest.raises(ValueError, match="autoencoder.d_model: saved 128, now 64"):
     recipe.link_codec(codec, Workdir(tmp_path / "other"), other)
+  # A row that trains its own autoencoder shares the prepared data only (its latents are its autoencoder's)...
+  narrow = Workdir(tmp_path / "narrow")
+  recipe.link_codec(codec, narrow, recipe.row_config("sst", "ae_narrow", SMOKE), own_autoencoder=True)
+  assert [p.name for p in narrow.root.iterdir()] == ["tfds"] and (narrow.root / "tfds").is_symlink()
+  # ...and still agrees with the codec on the tokenizer and the data.
+  other_data = ab.apply_overrides(recipe.row_config("sst", "ae_narrow", SMOKE), "data.max_length=32")
+  with pytest.raises(ValueError, match="data.max_length: saved 64, now 32"):
+    recipe.link_codec(codec, Workdir(tmp_path / "other_data"), other_data, own_autoencoder=True)
+  assert recipe.ROWS["ae_narrow"].own_autoencoder and not recipe.ROWS["class_time"].own_autoencoder
+  assert recipe.row_config("sst", "ae_narrow", SMOKE).model.latent_dim == 64  # The denoiser reads the new width.
 
 
 def _scores(mauve, ppl, acc):
@@ -156,16 +166,17 @@ def test_budget_series_place_each_gpt2_point_at_its_capping_row_s_budget():
 @pytest.mark.slow
 def test_recipe_benchmark_smoke(tmp_path, data_dir):
   cmd = [sys.executable, "-m", "ldlg.benchmarks.recipe", f"--workdir={tmp_path}", f"--data_dir={data_dir}",
-         "--preset=smoke", "--dataset=sst", "--rows=old_default,class_time_w3,later,gpt2"]
+         "--preset=smoke", "--dataset=sst", "--rows=old_default,class_time_w3,later,gpt2,ae_narrow"]
   run = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
                        text=True, timeout=2400)
   assert run.returncode == 0, run.stderr[-4000:]
   report = json.loads((tmp_path / "sst" / "recipe.json").read_text())
-  assert list(report["rows"]) == ["old_default", "class_time", "class_time_w3", "later", "gpt2"]  # Needed rows too.
+  assert list(report["rows"]) == ["old_default", "class_time", "class_time_w3", "later", "gpt2",
+                                  "ae_narrow"]  # Needed rows too.
   for name, row in report["rows"].items():
     assert 0 < row["scores"]["mauve"]["mean"] <= 1, name
     assert ("class_accuracy" in row["scores"]) == (name != "gpt2"), name  # The GPT-2 is unconditional.
-  assert set(report["comparisons"]) == {"class_time", "class_time_w3", "later", "gpt2"}
+  assert set(report["comparisons"]) == {"class_time", "class_time_w3", "later", "gpt2", "ae_narrow"}
   gpt2 = report["rows"]["gpt2"]
   assert gpt2["ar_capped_by"] == "class_time" and gpt2["train_steps"] == SMOKE["steps"]  # Its steps, within the cap.
   rows = tmp_path / "sst" / "rows"
@@ -173,3 +184,9 @@ def test_recipe_benchmark_smoke(tmp_path, data_dir):
   assert (rows / "class_time_w3" / "checkpoints").resolve() == (rows / "class_time" / "checkpoints").resolve()
   assert not (rows / "class_time_w3" / "metrics.jsonl").exists()  # ...and the guided row trained nothing.
   assert "| class_time_w3 |" in (tmp_path / "recipe.md").read_text()
+  # A row on its own autoencoder trained it (and its latents, 64 wide) in its workdir, and reports its reconstruction.
+  narrow = rows / "ae_narrow"
+  assert not (narrow / "autoencoder").is_symlink() and not (narrow / "latents").is_symlink()
+  assert json.loads((narrow / "autoencoder" / "config.json").read_text())["d_model"] == 64
+  assert 0 <= report["rows"]["ae_narrow"]["reconstruction"]["exact_match"] <= 1
+  assert "`ae_narrow` exact" in (tmp_path / "recipe.md").read_text()

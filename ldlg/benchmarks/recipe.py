@@ -21,7 +21,9 @@ Per row:
                                     scores)
 A row whose differences from another row are all in `sample.*` (a guidance scale) samples that row's checkpoints
 instead of training again (`Row.sampled_from`). A row on compressed latents links the autoencoder only and trains
-its own compression network and latents. An autoregressive row (`Row.ar_capped_by`) trains the quality benchmark's
+its own compression network and latents; a row on its own autoencoder (`Row.own_autoencoder`: another width, or
+more autoencoder steps) links the prepared data only, trains its tokenizer, autoencoder and latents, and reports its
+held-out reconstruction beside the table. An autoregressive row (`Row.ar_capped_by`) trains the quality benchmark's
 matched GPT-2 baseline (seed 0) for its LD4LG row's steps, stopped at that row's training wall time, and samples as
 many texts: the two sit at equal training time, as the quality table's rows do (train them on equally loaded cores:
 the cap is a wall time). Written: `<workdir>/<dataset>/recipe.json`, `<workdir>/recipe.md` (the
@@ -67,6 +69,10 @@ class Row:
   # An autoregressive row: the quality benchmark's matched GPT-2 baseline (seed 0) trained for this LD4LG row's
   # steps and at most its training wall time, so the two sit side by side at equal time (no overrides of its own).
   ar_capped_by: str | None = None
+  # The row trains its own BART autoencoder (and latents) in its workdir: it changes `autoencoder.*` (a width, the
+  # autoencoder's steps). Only the prepared raw data is shared; the tokenizer is retrained (deterministic, from the
+  # same corpus and vocabulary size).
+  own_autoencoder: bool = False
 
   @property
   def needs(self) -> str | None:
@@ -128,6 +134,15 @@ ROWS = {
     "gpt2": Row("the matched GPT-2 baseline, capped at class_time's training time", ar_capped_by="class_time"),
     "gpt2_steps3000": Row("the matched GPT-2 baseline, capped at class_time_w5_steps3000's training time",
                           ar_capped_by="class_time_w5_steps3000"),
+    # The autoencoder's width (the latents' width: the denoiser reads them through its input projection), on the
+    # `:cpu` default's class pathway; each trains its own BART autoencoder (the shared codec's is d_model 128).
+    "ae_narrow": Row("class_time on a BART autoencoder of half the width (d_model 64, ffn 256)",
+                     overrides=f"{CLASS_TIME},autoencoder.d_model=64,autoencoder.ffn_dim=256", own_autoencoder=True),
+    "ae_wide": Row("class_time on a BART autoencoder of twice the width (d_model 256, ffn 1024)",
+                   overrides=f"{CLASS_TIME},autoencoder.d_model=256,autoencoder.ffn_dim=1024", own_autoencoder=True),
+    # The autoencoder's training: twice the shared codec's 1,500 steps.
+    "ae_steps3000": Row("class_time on a BART autoencoder trained 3,000 steps (the shared codec's: 1,500)",
+                        overrides=f"{CLASS_TIME},autoencoder.num_steps=3000", own_autoencoder=True),
     "wide_half_steps": Row("old_default with denoiser width 256 (4× the parameters), half the steps",
                            overrides=f"{BEFORE},model.dim=256,train.num_steps=750"),
 }
@@ -141,6 +156,8 @@ ROWS.update({
     "later_w3": _guided("later", 3),
     "class_time_w5_steps3000_w1": _guided("class_time_w5_steps3000", 1),
     "class_time_v_w5": _guided("class_time_v", 5),
+    "ae_narrow_w5": _guided("ae_narrow", 5),
+    "ae_wide_w5": _guided("ae_wide", 5),
 })
 # Deterministic DDIM (η = 0) on the same checkpoints: from ᾱ = 0.85 the x0 chain keeps its sentences better at
 # η = 0 (diagnostics' sampling_from_noise_level: BLEU 25.6 against 3 at w = 5), and at η = 1 the v chain ends with
@@ -209,16 +226,23 @@ def check_ar_capped_by(name: str) -> str:
   return source
 
 
-def link_codec(codec: Workdir, row_wd: Workdir, config: ml_collections.ConfigDict) -> None:
-  """Links the shared codec's stages into a row's workdir: the autoencoder and datasets always, the latents when
-  the row reads the same latents (not on compressed latents, which the row's own stages make)."""
+def link_codec(codec: Workdir, row_wd: Workdir, config: ml_collections.ConfigDict, *,
+               own_autoencoder: bool = False) -> None:
+  """Links the shared codec's stages into a row's workdir: the prepared data always; the autoencoder unless the row
+  trains its own (`own_autoencoder`: it may differ in `autoencoder.*`); the latents when the row reads the same
+  latents (not on compressed latents or its own autoencoder's, which the row's own stages make)."""
   saved = json.loads(codec.config_file.read_text())
   current = json.loads(config.to_json())
-  clash = [d for d in config_differences(saved, current) if d.startswith(CODEC_FIELDS)]
+  fixed = tuple(f for f in CODEC_FIELDS if not (own_autoencoder and f == "autoencoder."))
+  clash = [d for d in config_differences(saved, current) if d.startswith(fixed)]
   if clash:
     raise ValueError(f"{row_wd.root.name}: its config differs from the shared codec's ({codec.root}) in fields that "
-                     "fix the autoencoder, tokenizer or data:\n  " + "\n  ".join(clash))
-  names = ["autoencoder", "tfds"] + ([] if uses_compression(config) else ["latents"])
+                     f"fix the {'tokenizer or data' if own_autoencoder else 'autoencoder, tokenizer or data'} "
+                     "(a row that changes the autoencoder sets Row.own_autoencoder):\n  " + "\n  ".join(clash))
+  if own_autoencoder:
+    names = ["tfds"]
+  else:
+    names = ["autoencoder", "tfds"] + ([] if uses_compression(config) else ["latents"])
   row_wd.root.mkdir(parents=True, exist_ok=True)
   for n in names:
     if not (row_wd.root / n).exists():
@@ -254,14 +278,19 @@ def run_row(name: str, dataset: str, root: pathlib.Path, data_dir, preset: dict,
   record = json.loads(record_file.read_text()) if record_file.exists() else {}
   source = ROWS[name].sampled_from
   if source is None:
-    link_codec(codec, wd, config)
+    link_codec(codec, wd, config, own_autoencoder=ROWS[name].own_autoencoder)
     own_stages = [s.name for s in methods.stages(config)]  # train_compression only on compressed latents.
-    for stage in ("train_compression", "precompute", "train"):
+    # pretrain_autoencoder is done (linked) unless the row trains its own.
+    for stage in ("pretrain_autoencoder", "train_compression", "precompute", "train"):
       if stage in own_stages and not pipeline.stage_done(stage, config, wd, data_dir):
         record[f"{stage}_seconds"] = _timed_stage(stage, config, wd, data_dir)
         record_file.write_text(json.dumps(record, indent=2))
+    if ROWS[name].own_autoencoder:  # Its codec's held-out reconstruction, beside the shared codec's.
+      record["reconstruction"] = quality._reconstruction_row(wd)  # pylint: disable=protected-access
   else:
     record["train_seconds"] = trained.get("train_seconds")
+    if "reconstruction" in trained:
+      record["reconstruction"] = trained["reconstruction"]
     src = Workdir(root / dataset / "rows" / source)
     wd.root.mkdir(parents=True, exist_ok=True)
     for n in ("autoencoder", "tfds", "latents", "checkpoints", "compression"):
@@ -472,6 +501,10 @@ def format_table(report: dict) -> str:
     lines.append(line)
   if "classifier_accuracy_on_real_validation" in report:
     lines.append(f"\nProbe accuracy on real validation text: {report['classifier_accuracy_on_real_validation']:.3f}.")
+  own = {n: r["reconstruction"] for n, r in rows.items() if "reconstruction" in r}
+  if own:
+    lines.append("\nRows on their own autoencoder, its held-out reconstruction: " + "; ".join(
+        f"`{n}` exact {rec['exact_match']:.1%}, BLEU {rec['bleu']:.1f}" for n, rec in own.items()) + ".")
   lines.append("\nRows: " + "; ".join(f"`{n}`: {r['description']}" for n, r in rows.items()))
   lines += _budget_lines(report.get("time_to_quality", {}))
   return "\n".join(lines)
