@@ -136,6 +136,14 @@ def test_the_table_compares_every_row_with_the_baseline():
   table = recipe.format_table(report)
   assert "| class_time_w3 | 0.310 ± 0.010 | 505.0 ± 1.0 | 405.0 ± 2.0 |" in table  # mean, then median
   assert "+0.1 (p " in table and "(same model)" in table and "0.750" in table
+  assert "own autoencoder" not in table
+  # A row on its own autoencoder shows its reconstruction, and is flagged when its decoder barely reads the latents.
+  records["ae_narrow"] = dict(records["class_time_w3"], sampled_from=None,
+                              reconstruction={"exact_match": 0.006, "bleu": 10.6, "num_sentences": 500})
+  records["ae_wide"] = dict(records["ae_narrow"], reconstruction={"exact_match": 0.978, "bleu": 99.7})
+  table = recipe.format_table(dict(report, comparisons=recipe.comparisons(records)))
+  assert "`ae_narrow` exact 0.6%, BLEU 10.6; `ae_wide` exact 97.8%, BLEU 99.7." in table
+  assert "Warning: `ae_narrow`: the autoencoder reconstructs under 50%" in table
 
 
 def test_budget_series_place_each_gpt2_point_at_its_capping_row_s_budget():
